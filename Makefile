@@ -1,0 +1,73 @@
+# gemma-airgap: every target installs what it needs and is fast when already done.
+#   make lab   the whole prepare -> air gap -> deploy -> verify flow on this machine
+#   make test  lint + unit + molecule scenarios + the end-to-end air-gap scenario
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Caches live outside the git tree (debootstrap root filesystems, built wheels).
+export LAB_CACHE ?= /var/cache/gemma-airgap
+export LAB_TARGETS ?= 1
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check molecule e2e test clean
+
+help:
+	@echo "make lab    - lab-up, then prepare -> deploy -> verify in the air-gap lab"
+	@echo "make test   - lint, unit tests, molecule scenarios, end-to-end air-gap scenario"
+	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | molecule | e2e"
+
+# The venv is rebuilt only when a requirements file changes.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/yamllint --strict .
+	$(BIN)/ruff check .
+	$(BIN)/ansible-lint --profile production
+
+unit: setup
+	$(BIN)/pytest -m 'not lab' tests/unit
+
+lab-up: setup
+	$(BIN)/python lab/labctl.py up
+
+lab-down: setup
+	$(BIN)/python lab/labctl.py down
+
+lab-status: setup
+	$(BIN)/python lab/labctl.py status
+
+# What `make lab` proves once the lab is up: every target answers Ansible, and
+# no target can reach the internet while the staging side can.
+lab-check: setup
+	$(BIN)/ansible-playbook lab/check.yml
+
+lab: lab-up lab-check
+
+# Role scenarios (molecule/<role>/) and the end-to-end air-gap scenario.
+molecule: setup
+	for scenario in $$(ls molecule | grep -vx airgap); do \
+	  $(BIN)/molecule test -s $$scenario; done
+
+# Lab tests need the engine and base images; then the end-to-end scenario.
+e2e: setup
+	$(BIN)/python lab/labctl.py images
+	$(BIN)/pytest -m lab tests/lab
+	$(BIN)/molecule test -s airgap
+
+test: lint unit molecule e2e
+
+clean: lab-down
+	rm -rf $(VENV)
