@@ -16,6 +16,9 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 STAMP := $(VENV)/.installed
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS := $(LAB_CACHE)/wheels
+LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
 .PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check molecule e2e test clean
 
@@ -24,10 +27,19 @@ help:
 	@echo "make test   - lint, unit tests, molecule scenarios, end-to-end air-gap scenario"
 	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | molecule | e2e"
 
+# llama-cpp-python has no wheel on PyPI: build it once, portable across CPUs
+# (GGML_NATIVE=OFF), into the cache outside the tree. The venv and the stand-in
+# image both install from it.
+$(LLAMA_WHEEL):
+	mkdir -p $(WHEELS)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PYTHON) -m pip wheel --quiet --no-deps \
+	  --disable-pip-version-check -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
+
 # The venv is rebuilt only when a requirements file changes.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt $(LLAMA_WHEEL)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+	  --find-links $(WHEELS) -r requirements-dev.txt
 	touch $@
 
 setup: $(STAMP)
@@ -38,7 +50,7 @@ lint: setup
 	$(BIN)/ansible-lint --profile production
 
 unit: setup
-	$(BIN)/pytest -m 'not lab' tests/unit
+	$(BIN)/pytest -m 'not lab' tests
 
 lab-up: setup
 	$(BIN)/python lab/labctl.py up

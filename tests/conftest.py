@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("lab", "module_utils", "library"):
+for sub in ("lab", "lab/standin", "module_utils", "library"):
     path = str(ROOT / sub)
     if path not in sys.path:
         sys.path.insert(0, path)

