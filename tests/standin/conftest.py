@@ -43,9 +43,9 @@ class StandIn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = models
-        environment = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{self.port}",
-                           OLLAMA_MODELS=str(models), PYTHONPATH=str(STANDIN),
-                           OLLAMA_NUM_THREADS="2", **env)
+        environment = {**os.environ, "OLLAMA_NUM_THREADS": "2", **env,
+                       "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+                       "OLLAMA_MODELS": str(models), "PYTHONPATH": str(STANDIN)}
         self.log = open(models.parent / f"standin-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ollama_standin.cli", "serve"], env=environment,

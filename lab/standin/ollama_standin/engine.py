@@ -4,6 +4,11 @@ One loaded model holds OLLAMA_NUM_PARALLEL llama.cpp contexts (slots), as
 Ollama gives each parallel request its own slot. A request waits for a free
 slot; past OLLAMA_MAX_QUEUE waiting requests it is refused (503). A model stays
 loaded for its keep-alive after its last use, then a reaper thread unloads it.
+
+Each slot is one long-lived thread that owns its llama.cpp context and runs
+every job on it: llama.cpp's OpenMP thread team belongs to the calling thread,
+and calling from a new HTTP handler thread per connection cost ~40% of the
+generation speed (measured: 25 vs 40 tokens/s on 2 cores).
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import codecs
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger("ollama_standin")
@@ -68,6 +74,63 @@ def _load_llama(path: str, num_ctx: int):
                  verbose=False)
 
 
+class Slot:
+    """A thread that owns one llama.cpp context and runs jobs on it, one at a time."""
+
+    def __init__(self, path: str, num_ctx: int, loader=_load_llama) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._ready: queue.Queue = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._loop, args=(loader, path, num_ctx),
+                                        daemon=True, name="slot")
+        self._thread.start()
+        error = self._ready.get()
+        if error is not None:
+            raise error
+
+    def _loop(self, loader, path: str, num_ctx: int) -> None:
+        try:
+            llama = loader(path, num_ctx)
+        except Exception as error:  # reported to the constructor's caller
+            self._ready.put(error)
+            return
+        self._ready.put(None)
+        while (job := self._jobs.get()) is not None:
+            work, out, cancel = job
+            try:
+                for item in work(llama):
+                    out.put(("item", item))
+                    if cancel.is_set():
+                        break
+                out.put(("done", None))
+            except Exception as error:
+                out.put(("error", error))
+        close = getattr(llama, "close", None)
+        if close:
+            close()
+
+    def run(self, work: Callable) -> Iterator:
+        """Run `work(llama)` (a generator) on the slot's thread; yield what it yields."""
+        out: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        self._jobs.put((work, out, cancel))
+        try:
+            while True:
+                kind, value = out.get()
+                if kind == "item":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            cancel.set()
+            while kind == "item":  # a consumer that stopped early: let the job finish
+                kind, value = out.get()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+
 class Scheduler:
     def __init__(self, num_parallel: int = 1, max_queue: int = 512,
                  max_loaded: int = 3, default_keep_alive: float | None = 300.0,
@@ -90,7 +153,7 @@ class Scheduler:
     def acquire(self, ref: ModelRef, num_ctx: int, keep_alive: float | None):
         """Wait for a slot of the model (loading it if needed).
 
-        Returns (loaded, llama, load_duration_ns). Raises QueueFull.
+        Returns (loaded, slot, load_duration_ns). Raises QueueFull.
         """
         with self._cond:
             if self._pending >= self.max_queue:
@@ -102,9 +165,9 @@ class Scheduler:
             with self._cond:
                 self._pending -= 1
 
-    def release(self, loaded: Loaded, llama, keep_alive: float | None) -> None:
+    def release(self, loaded: Loaded, slot: Slot, keep_alive: float | None) -> None:
         with self._cond:
-            loaded.free.append(llama)
+            loaded.free.append(slot)
             loaded.active -= 1
             loaded.last_used = time.monotonic()
             loaded.keep_alive = keep_alive
@@ -113,8 +176,8 @@ class Scheduler:
             self._cond.notify_all()
 
     def load(self, ref: ModelRef, num_ctx: int, keep_alive: float | None) -> int:
-        loaded, llama, load_ns = self.acquire(ref, num_ctx, keep_alive)
-        self.release(loaded, llama, keep_alive)
+        loaded, slot, load_ns = self.acquire(ref, num_ctx, keep_alive)
+        self.release(loaded, slot, keep_alive)
         return load_ns
 
     def unload(self, name: str) -> None:
@@ -152,9 +215,9 @@ class Scheduler:
                         self._cond.wait()
                         continue
                 if loaded and loaded.free:
-                    llama = loaded.free.pop()
+                    slot = loaded.free.pop()
                     loaded.active += 1
-                    return loaded, llama, 0
+                    return loaded, slot, 0
                 if loaded or ref.name in self._loading:
                     self._cond.wait()
                     continue
@@ -164,7 +227,7 @@ class Scheduler:
         # Load outside the lock: other models keep serving meanwhile.
         try:
             started = time.perf_counter_ns()
-            slots = [self._loader(ref.path, num_ctx) for _ in range(self.num_parallel)]
+            slots = [Slot(ref.path, num_ctx, self._loader) for _ in range(self.num_parallel)]
             load_ns = time.perf_counter_ns() - started
         except Exception:
             with self._cond:
@@ -194,10 +257,8 @@ class Scheduler:
         loaded = self._loaded.pop(name, None)
         if loaded is None:
             return
-        for llama in loaded.slots:
-            close = getattr(llama, "close", None)
-            if close:
-                close()
+        for slot in loaded.slots:
+            slot.close()
         log.info("unloaded %s", name)
         self._cond.notify_all()
 

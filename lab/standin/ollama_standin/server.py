@@ -165,6 +165,9 @@ def _ns(seconds_ns: int) -> int:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ollama-standin"
+    # Stream lines are small writes: without TCP_NODELAY each waits for the
+    # client's delayed ACK of the previous one.
+    disable_nagle_algorithm = True
     backend: Backend  # set by make_server
 
     # --- plumbing -----------------------------------------------------------------
@@ -655,15 +658,19 @@ class Handler(BaseHTTPRequestHandler):
         grammar = self._grammar(body.get("format"))
         scheduler = self.backend.scheduler
         try:
-            loaded, llama, load_ns = scheduler.acquire(self.backend.ref(info),
-                                                       options["num_ctx"], keep_alive)
+            loaded, slot, load_ns = scheduler.acquire(self.backend.ref(info),
+                                                      options["num_ctx"], keep_alive)
         except QueueFull as error:
             raise ApiError(503, str(error)) from None
         stats = Generation()
+        tokens = list(body.get("context") or []) if not chat else []
+
+        def work(llama):
+            tokens.extend(llama.tokenize(prompt.encode(), add_bos=not tokens, special=True))
+            yield from generate(llama, tokens, options, stats, grammar=grammar)
+
         try:
-            tokens = list(body.get("context") or []) if not chat else []
-            tokens += llama.tokenize(prompt.encode(), add_bos=not tokens, special=True)
-            pieces = generate(llama, tokens, options, stats, grammar=grammar)
+            pieces = slot.run(work)
 
             def chunk(text: str, done: bool) -> dict:
                 obj = {"model": name, "created_at": now_rfc3339()}
@@ -719,7 +726,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.stream_line({"error": str(error)})
             self.end_stream()
         finally:
-            scheduler.release(loaded, llama, keep_alive)
+            pieces.close()
+            scheduler.release(loaded, slot, keep_alive)
 
 
 def make_server(settings: Settings | None = None,
