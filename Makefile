@@ -20,12 +20,14 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
-.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check molecule e2e test clean
+.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin molecule e2e test \
+	bench clean
 
 help:
 	@echo "make lab    - lab-up, then prepare -> deploy -> verify in the air-gap lab"
 	@echo "make test   - lint, unit tests, molecule scenarios, end-to-end air-gap scenario"
-	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | molecule | e2e"
+	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | standin | molecule | e2e"
+	@echo "make bench  - benchmarks (figures side by side with a baseline from the same run)"
 
 # llama-cpp-python has no wheel on PyPI: build it once, portable across CPUs
 # (GGML_NATIVE=OFF), into the cache outside the tree. The venv and the stand-in
@@ -58,6 +60,10 @@ lab-up: setup
 lab-down: setup
 	$(BIN)/python lab/labctl.py down
 
+# The Ollama stand-in image (lab equipment), built offline from the lab base.
+standin: setup
+	$(BIN)/python lab/labctl.py standin
+
 lab-status: setup
 	$(BIN)/python lab/labctl.py status
 
@@ -80,6 +86,9 @@ e2e: setup
 	$(BIN)/molecule test -s airgap
 
 test: lint unit molecule e2e
+
+bench: setup
+	$(BIN)/python benchmarks/bench_standin.py
 
 clean: lab-down
 	rm -rf $(VENV)
