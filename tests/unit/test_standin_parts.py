@@ -7,6 +7,7 @@ import pytest
 
 from ollama_standin import options, store
 from ollama_standin.server import parse_host
+from tests.standin.conftest import GEMMA_TEMPLATE
 
 
 @pytest.mark.parametrize(("raw", "expected", "display"), [
@@ -54,7 +55,7 @@ def test_options_layer_defaults_model_then_request():
 
 
 def test_gemma_template_renders_turns_like_ollamas_gemma3_template():
-    text = options.render(options.GEMMA_TEMPLATE, [
+    text = options.render(GEMMA_TEMPLATE, [
         {"role": "system", "content": "S"}, {"role": "user", "content": "U"},
         {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"}])
     assert text == ("<start_of_turn>user\nS<end_of_turn>\n<start_of_turn>user\nU<end_of_turn>\n"

@@ -101,18 +101,6 @@ def parse_keep_alive(value) -> float | None:
 
 # --- prompt templates --------------------------------------------------------
 
-GEMMA_TEMPLATE = """{{- range $i, $_ := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
-{{ .Content }}<end_of_turn>
-{{ if $last }}<start_of_turn>model
-{{ end }}
-{{- else if eq .Role "assistant" }}<start_of_turn>model
-{{ .Content }}{{ if not $last }}<end_of_turn>
-{{ end }}
-{{- end }}
-{{- end }}"""
-
 PROMPT_ONLY_TEMPLATE = "{{ .Prompt }}"
 
 

@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -750,6 +752,9 @@ def serve() -> None:
     server = make_server(settings)
     log.info("Ollama stand-in %s listening on %s:%d, models in %s", VERSION,
              settings.host, settings.port, settings.models)
+    # docker stop sends SIGTERM to PID 1: stop serving at once, as Ollama does.
+    signal.signal(signal.SIGTERM,
+                  lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     try:
         server.serve_forever()
     except KeyboardInterrupt:
