@@ -20,7 +20,7 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
-.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin molecule e2e test \
+.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin prepare molecule e2e test \
 	bench clean
 
 help:
@@ -72,7 +72,13 @@ lab-status: setup
 lab-check: setup
 	$(BIN)/ansible-playbook lab/check.yml
 
-lab: lab-up lab-check
+# prepare.yml against the lab inventory: the bundle goes to /var/lib/gemma-airgap/bundles/lab-1.
+prepare: setup
+	$(BIN)/python lab/labctl.py standin
+	$(BIN)/python lab/labctl.py model
+	$(BIN)/ansible-playbook playbooks/prepare.yml
+
+lab: lab-up prepare lab-check
 
 # Role scenarios (molecule/<role>/) and the end-to-end air-gap scenario.
 molecule: setup

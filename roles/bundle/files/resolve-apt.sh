@@ -13,11 +13,13 @@ apt-get install -y -qq --download-only --no-install-recommends \
   -o Dir::Cache::archives=/out/debs "$@"
 apt-get install -y -qq --no-install-recommends apt-utils >/dev/null
 cd /out
+rm -rf debs/partial debs/lock packages.list
 apt-ftparchive packages debs > Packages.new
 gzip -9n < Packages.new > Packages.gz.new
-apt-ftparchive -o APT::FTPArchive::Release::Origin=gemma-airgap release . > Release.new
-rm -rf debs/partial debs/lock
 mv Packages.new Packages
 mv Packages.gz.new Packages.gz
-mv Release.new Release
+# The Release file lists the indexes by their final names.
+apt-ftparchive -o APT::FTPArchive::Release::Origin=gemma-airgap release . > /tmp/Release
+mv /tmp/Release Release
+# Written last: its presence says the resolution finished.
 printf '%s\n' "$@" > packages.list

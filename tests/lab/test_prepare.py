@@ -1,0 +1,192 @@
+"""prepare.yml in the lab: the bundle it builds, its idempotence, and its refusals.
+
+Uses its own bundle root, staging container and port, so it never touches the
+bundle `make lab` uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import labctl
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = "test-1"
+PLATFORM = "debian-13-amd64"
+
+
+def prepare(root: Path, *extra: str, version: str = VERSION) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    command = [str(Path(sys.executable).parent / "ansible-playbook"),
+               str(ROOT / "playbooks" / "prepare.yml"),
+               "-e", f"bundle_root={root}", "-e", f"bundle_version={version}",
+               "-e", "bundle_staging_container=gemma-airgap-labtest-staging",
+               "-e", "bundle_staging_port=11535", *extra]
+    return subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True,
+                          check=False)
+
+
+def recap(result: subprocess.CompletedProcess) -> dict:
+    match = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+).*failed=(\d+)", result.stdout)
+    assert match, result.stdout[-3000:]
+    return {"ok": int(match[1]), "changed": int(match[2]), "failed": int(match[3])}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "standin"], check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "model"], check=True,
+                   capture_output=True)
+    root = tmp_path_factory.mktemp("bundles")
+    first = prepare(root)
+    assert first.returncode == 0, first.stdout[-4000:]
+    return root, first
+
+
+def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
+    root, _first = built
+    bundle = root / VERSION
+    check = subprocess.run(["sha256sum", "-c", "--strict", "--quiet", "SHA256SUMS"], cwd=bundle,
+                           text=True, capture_output=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["version"] == VERSION
+    assert [m["name"] for m in meta["models"]] == ["gemma3:270m"]
+    assert [i["name"] for i in meta["images"]] == ["ollama"]
+    assert meta["images"][0]["id"].startswith("sha256:")
+    assert meta["platforms"][0]["name"] == PLATFORM
+    listed = {line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
+    on_disk = {str(p.relative_to(bundle)) for p in bundle.rglob("*")
+               if p.is_file() and p.name not in ("SHA256SUMS", ".hashcache.json")}
+    assert listed == on_disk
+    assert any(p.startswith("control-node/wheels/ansible_core-") for p in listed)
+
+
+def test_every_model_layer_is_present_with_its_digest(built):
+    root, _first = built
+    models = root / VERSION / "models"
+    manifest_path = models / "manifests/registry.ollama.ai/library/gemma3/270m"
+    manifest = json.loads(manifest_path.read_text())
+    kinds = {layer["mediaType"].rsplit(".", 1)[-1] for layer in manifest["layers"]}
+    assert kinds == {"model", "template", "params"}
+    for entry in [manifest["config"], *manifest["layers"]]:
+        blob = models / "blobs" / ("sha256-" + entry["digest"][7:])
+        assert blob.stat().st_size == entry["size"]
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == entry["digest"][7:]
+
+
+def test_second_prepare_reports_zero_changed_and_hashes_nothing(built):
+    root, _first = built
+    second = prepare(root)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert recap(second)["changed"] == 0
+    assert "hashed this run: 0.00 Bytes (0 files)" in second.stdout
+
+
+def test_packages_install_docker_offline_and_images_load_into_the_clean_engine(built, tmp_path):
+    """A pristine Debian 13 target with --network none: apt from the bundle alone."""
+    root, _first = built
+    bundle = root / VERSION
+    name = "gemma-airgap-labtest-offline"
+    args = ["docker", "run", "-d", "--name", name, "--network", "none", "--cgroupns=host",
+            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+            "-v", f"{bundle}:/bundle:ro", "-v", f"{tmp_path}:/var/lib/docker"]
+    for cap in labctl.TARGET_CAPABILITIES:
+        args += ["--cap-add", cap]
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    subprocess.run([*args, labctl.TARGET_IMAGE.tag, "/sbin/init"], check=True,
+                   capture_output=True)
+    script = f"""
+set -e
+rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
+echo 'deb [trusted=yes] file:/bundle/packages/{PLATFORM} ./' > /etc/apt/sources.list.d/bundle.list
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-cli docker-compose python3-apt \
+  python3-requests >/dev/null
+systemctl start docker
+docker load -q -i /bundle/images/ollama.tar
+docker image inspect -f '{{{{.Id}}}}' gemma-airgap-lab/ollama-standin:latest
+docker compose version --short
+"""
+    try:
+        out = subprocess.run(["docker", "exec", name, "bash", "-c", script], text=True,
+                             capture_output=True, check=False, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        lines = out.stdout.strip().splitlines()
+        meta = json.loads((bundle / "bundle.json").read_text())
+        assert lines[-2] == meta["images"][0]["id"]
+        assert lines[-1].startswith("2.")  # compose v2
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, check=False)
+        # The nested engine wrote files as root into tmp_path; pytest removes them.
+
+
+def test_an_unknown_model_fails_naming_it(built):
+    root, _first = built
+    models = json.dumps({"bundle_models": [{"name": "gemma3n:e8b"}]})
+    result = prepare(root, "-e", models, version="unknown-model")
+    assert result.returncode != 0
+    assert "Model gemma3n:e8b could not be pulled" in result.stdout
+
+
+def test_a_missing_local_image_fails_before_any_work(built):
+    root, _first = built
+    images = json.dumps({"bundle_images": [
+        {"name": "ollama", "image": "gemma-airgap-lab/ollama-standin:latest", "source": "local"},
+        {"name": "gateway", "image": "gemma-airgap-lab/nope:1", "source": "local"}]})
+    result = prepare(root, "-e", images, version="missing-image")
+    assert result.returncode != 0
+    assert "Image gemma-airgap-lab/nope:1 (gateway) is not in the staging host's Docker engine" \
+        in result.stdout
+    assert not (root / "missing-image").exists()
+
+
+def test_not_enough_disk_fails_in_preflight_with_the_numbers(built):
+    root, _first = built
+    result = prepare(root, "-e", "bundle_preflight_margin_bytes=1000000000000000",
+                     version="no-space")
+    assert result.returncode != 0
+    assert re.search(r"Not enough disk space at .*: [\d.]+ \w+ free, this bundle needs about "
+                     r"[\d.]+ \w+", result.stdout)
+    assert not (root / "no-space").exists()
+
+
+def test_a_corrupt_blob_in_the_staging_store_fails_naming_it(built):
+    root, _first = built
+    blobs = root / ".staging" / "ollama" / "blobs"
+    weights = max(blobs.iterdir(), key=lambda p: p.stat().st_size)
+    original = weights.read_bytes()
+    damaged = bytearray(original)
+    damaged[1000] ^= 0xFF
+    weights.write_bytes(bytes(damaged))
+    try:
+        result = prepare(root, version="corrupt-staging")
+    finally:
+        weights.write_bytes(original)
+    assert result.returncode != 0
+    assert f"blob sha256:{weights.name[7:]} of model 'gemma3:270m' is corrupt" in result.stdout
+    assert not list((root / "corrupt-staging" / "models").glob("manifests/**/270m"))
+
+
+def test_an_interrupted_export_is_finished_by_the_next_run(built):
+    root, _first = built
+    bundle = root / VERSION
+    weights = max((bundle / "models" / "blobs").iterdir(), key=lambda p: p.stat().st_size)
+    weights.write_bytes(weights.read_bytes()[: 1 << 20])  # a copy cut short
+    again = prepare(root)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert recap(again)["changed"] >= 1
+    check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=bundle,
+                           capture_output=True, check=False)
+    assert check.returncode == 0
