@@ -95,6 +95,7 @@ test: lint unit molecule e2e
 
 bench: setup
 	$(BIN)/python benchmarks/bench_standin.py
+	$(BIN)/python benchmarks/bench_bundle_manifest.py
 
 clean: lab-down
 	rm -rf $(VENV)

@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import labctl
 import pytest
+
+import labctl
 
 pytestmark = pytest.mark.lab
 
@@ -112,8 +113,8 @@ set -e
 rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
 echo 'deb [trusted=yes] file:/bundle/packages/{PLATFORM} ./' > /etc/apt/sources.list.d/bundle.list
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-cli docker-compose python3-apt \
-  python3-requests >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-cli docker-compose \
+  python3-apt python3-requests >/dev/null
 systemctl start docker
 docker load -q -i /bundle/images/ollama.tar
 docker image inspect -f '{{{{.Id}}}}' gemma-airgap-lab/ollama-standin:latest
