@@ -25,7 +25,10 @@ options:
     type: str
     default: http://127.0.0.1:11434
   expected_models:
-    description: Models that must be present; each a name, or a dict with name and digest.
+    description:
+      - Models that must be present; each a name, or a dict with name and digest.
+      - C(manifest_digest) is accepted for digest, so bundle.json's model records can be
+        passed as they are.
     type: list
     elements: raw
     default: []
@@ -148,7 +151,10 @@ def compare(models, expected):
     by_name = dict((normalise(m["name"]), m) for m in models)
     missing, mismatched = [], []
     for item in expected:
-        name, digest = (item, None) if isinstance(item, str) else (item["name"], item.get("digest"))
+        if isinstance(item, str):
+            name, digest = item, None
+        else:
+            name, digest = item["name"], item.get("digest") or item.get("manifest_digest")
         found = by_name.get(normalise(name))
         if found is None:
             missing.append(name)
