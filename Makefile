@@ -20,7 +20,8 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
-.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin prepare molecule e2e test \
+.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin prepare deploy verify \
+	molecule e2e test \
 	bench clean
 
 help:
@@ -52,7 +53,7 @@ lint: setup
 	$(BIN)/ansible-lint --profile production
 
 unit: setup
-	$(BIN)/pytest -m 'not lab' tests
+	$(BIN)/pytest -m 'not lab and not e2e' tests
 
 lab-up: setup
 	$(BIN)/python lab/labctl.py up
@@ -78,18 +79,29 @@ prepare: setup
 	$(BIN)/python lab/labctl.py model
 	$(BIN)/ansible-playbook playbooks/prepare.yml
 
-lab: lab-up prepare lab-check
+# deploy.yml against the lab's internal-network targets, then verify.yml.
+deploy: setup
+	$(BIN)/ansible-playbook playbooks/deploy.yml
+
+verify: setup
+	$(BIN)/ansible-playbook playbooks/verify.yml
+
+lab: lab-up prepare deploy lab-check verify
 
 # Role scenarios (molecule/<role>/) and the end-to-end air-gap scenario.
 molecule: setup
 	for scenario in $$(ls molecule | grep -vx airgap); do \
 	  $(BIN)/molecule test -s $$scenario; done
 
-# Lab tests need the engine and base images; then the end-to-end scenario.
+# Lab tests need the engine and base images. Then the end-to-end scenario:
+# lab up -> prepare -> deploy -> again (0 changed) -> verify; the refusal tests run
+# against that deployed lab before it is destroyed.
 e2e: setup
 	$(BIN)/python lab/labctl.py images
 	$(BIN)/pytest -m lab tests/lab
-	$(BIN)/molecule test -s airgap
+	$(BIN)/molecule test -s airgap --destroy never
+	$(BIN)/pytest -m e2e tests/e2e
+	$(BIN)/molecule destroy -s airgap
 
 test: lint unit molecule e2e
 
