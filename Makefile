@@ -20,7 +20,7 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
-.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin prepare deploy verify \
+.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin prepare deploy verify rollback \
 	molecule e2e test \
 	bench clean
 
@@ -85,6 +85,9 @@ deploy: setup
 
 verify: setup
 	$(BIN)/ansible-playbook playbooks/verify.yml
+
+rollback: setup
+	$(BIN)/ansible-playbook playbooks/rollback.yml
 
 lab: lab-up prepare deploy lab-check verify
 
