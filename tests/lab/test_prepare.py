@@ -180,6 +180,35 @@ def test_a_corrupt_blob_in_the_staging_store_fails_naming_it(built):
     assert not list((root / "corrupt-staging" / "models").glob("manifests/**/270m"))
 
 
+def test_media_tar_carries_the_bundle_with_its_checksum(built, tmp_path):
+    root, _first = built
+    result = prepare(root, "-e", "bundle_media_tar=true")
+    assert result.returncode == 0, result.stdout[-3000:]
+    tar, digest = root / f"{VERSION}.tar", root / f"{VERSION}.tar.sha256"
+    check = subprocess.run(["sha256sum", "-c", digest.name], cwd=root, text=True,
+                           capture_output=True, check=False)
+    assert check.returncode == 0 and f"{VERSION}.tar: OK" in check.stdout
+    subprocess.run(["tar", "-C", str(tmp_path), "-xf", str(tar)], check=True)
+    unpacked = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"],
+                              cwd=tmp_path / VERSION, capture_output=True, check=False)
+    assert unpacked.returncode == 0
+    assert not (tmp_path / VERSION / ".hashcache.json").exists()
+    again = prepare(root, "-e", "bundle_media_tar=true")
+    assert recap(again)["changed"] == 0  # the tar is newer than the seal: not rewritten
+    tar.unlink()
+    digest.unlink()
+
+
+def test_gpu_bundle_without_nvidias_repository_fails_with_what_to_do(built):
+    root, _first = built
+    result = prepare(root, "-e", "bundle_gpu=true", version="gpu")
+    assert result.returncode != 0
+    assert "bundle_gpu is true but NVIDIA's repository (nvidia.github.io) cannot be reached" \
+        in result.stdout
+    assert "set bundle_gpu: false for a CPU-only site" in result.stdout
+    assert not (root / "gpu").exists()  # refused in preflight, before any work
+
+
 def test_an_interrupted_export_is_finished_by_the_next_run(built):
     root, _first = built
     bundle = root / VERSION

@@ -6,6 +6,13 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p /out/debs/partial
+if [ -n "${NVIDIA_REPO:-}" ]; then
+  # GPU sites: NVIDIA's repository, checked against its key fetched by preflight.
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends ca-certificates >/dev/null
+  echo "deb [signed-by=/etc/apt/keyrings/nvidia.asc] ${NVIDIA_REPO} /" \
+    > /etc/apt/sources.list.d/nvidia-container-toolkit.list
+fi
 apt-get update -qq
 # Resolve against the pristine target image first, so nothing installed for the
 # index tool below can hide a dependency the targets need.
