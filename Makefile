@@ -102,6 +102,7 @@ molecule: setup
 e2e: setup
 	$(BIN)/python lab/labctl.py images
 	$(BIN)/pytest -m lab tests/lab
+	$(BIN)/molecule destroy -s airgap  # a cold start: --destroy never also skips the first destroy
 	$(BIN)/molecule test -s airgap --destroy never
 	$(BIN)/pytest -m e2e tests/e2e
 	$(BIN)/molecule destroy -s airgap
