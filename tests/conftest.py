@@ -14,7 +14,7 @@ from pathlib import Path
 import ansible.module_utils
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("lab", "lab/standin", "library"):
+for sub in ("lab", "lab/standin", "library", "gateway"):
     path = str(ROOT / sub)
     if path not in sys.path:
         sys.path.insert(0, path)

@@ -1,0 +1,1 @@
+"""The API gateway in front of Ollama: API keys, Prometheus metrics, streaming passthrough."""

@@ -1,0 +1,55 @@
+"""The gateway's configuration, parsed once into a typed object."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .auth import ADMIN, INFERENCE, ApiKey, Keyring
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend_url: str = "http://ollama:11434"
+    keyring: Keyring = field(default_factory=lambda: Keyring([]))
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024 * 1024
+    expected_model: str = ""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> Settings:
+        """Read GATEWAY_CONFIG (JSON) or the given file; refuse anything malformed."""
+        path = path or os.environ.get("GATEWAY_CONFIG")
+        raw = json.loads(Path(path).read_text()) if path else {}
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Settings:
+        keys = []
+        for index, entry in enumerate(raw.get("keys", [])):
+            name = entry.get("name") or f"key-{index}"
+            digest = str(entry.get("sha256", "")).lower()
+            if not _SHA256.match(digest):
+                raise ConfigError(f"key {name!r}: sha256 must be 64 hex digits (the hash, "
+                                  "never the key itself)")
+            scopes = frozenset(entry.get("scopes") or [INFERENCE])
+            unknown = scopes - {INFERENCE, ADMIN}
+            if unknown:
+                raise ConfigError(f"key {name!r}: unknown scope(s) {sorted(unknown)}")
+            keys.append(ApiKey(name=name, sha256=digest, scopes=scopes))
+        return cls(
+            backend_url=str(raw.get("backend_url", cls.backend_url)).rstrip("/"),
+            keyring=Keyring(keys),
+            cors_origins=tuple(raw.get("cors_origins", [])),
+            max_body_bytes=int(raw.get("max_body_bytes", cls.max_body_bytes)),
+            expected_model=str(raw.get("expected_model", "")),
+        )

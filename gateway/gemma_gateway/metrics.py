@@ -1,0 +1,52 @@
+"""Prometheus metrics of the gateway, in one registry owned by the app.
+
+Buckets are chosen for LLM latencies: milliseconds for metadata calls up to
+minutes for long generations and cold model loads.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+                   600)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.duration = Histogram("gateway_request_duration_seconds",
+                                  "Request duration, first byte in to last byte out",
+                                  ["endpoint", "model", "status"], buckets=LATENCY_BUCKETS,
+                                  registry=r)
+        self.ttft = Histogram("gateway_time_to_first_token_seconds",
+                              "Time from the request to the first generated text",
+                              ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("gateway_prompt_tokens", "Prompt tokens evaluated",
+                                     ["model"], registry=r)
+        self.completion_tokens = Counter("gateway_completion_tokens", "Tokens generated",
+                                         ["model"], registry=r)
+        self.tokens_per_second = Histogram("gateway_generation_tokens_per_second",
+                                           "Generation speed reported by the backend",
+                                           ["model"], buckets=RATE_BUCKETS, registry=r)
+        self.load = Histogram("gateway_model_load_seconds", "Model load time in requests",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being served",
+                               registry=r)
+        self.errors = Counter("gateway_errors", "Failed requests by reason", ["reason"],
+                              registry=r)
+        self.auth_failures = Counter("gateway_auth_failures", "Refused keys by reason",
+                                     ["reason"], registry=r)
+
+    def record_final(self, endpoint: str, model: str, final: dict) -> None:
+        """Ollama's final stream object (or non-streamed answer): tokens and durations."""
+        self.prompt_tokens.labels(model).inc(final.get("prompt_eval_count") or 0)
+        completion = final.get("eval_count") or 0
+        self.completion_tokens.labels(model).inc(completion)
+        if completion and final.get("eval_duration"):
+            self.tokens_per_second.labels(model).observe(
+                completion / (final["eval_duration"] / 1e9))
+        if final.get("load_duration"):
+            self.load.labels(model).observe(final["load_duration"] / 1e9)

@@ -1,0 +1,69 @@
+"""The gateway (from .venv) in front of the live Ollama stand-in, with two API keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import ollama
+import pytest
+
+from gemma_gateway.auth import hash_key, new_key
+
+# The stand-in fixture, shared with this package's tests.
+from tests.standin.conftest import (
+    ROOT,
+    free_port,
+    standin,  # noqa: F401
+)
+
+INFERENCE_KEY = new_key()
+ADMIN_KEY = new_key()
+
+
+class Gateway:
+    def __init__(self, backend_url: str, tmp_path, **overrides) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {"backend_url": backend_url, "cors_origins": ["https://chat.example.internal"],
+                  "expected_model": "gemma3:270m",
+                  "keys": [{"name": "team-a", "sha256": hash_key(INFERENCE_KEY),
+                            "scopes": ["inference"]},
+                           {"name": "ops", "sha256": hash_key(ADMIN_KEY),
+                            "scopes": ["inference", "admin"]}], **overrides}
+        path = tmp_path / f"gateway-{self.port}.json"
+        path.write_text(json.dumps(config))
+        env = dict(os.environ, GATEWAY_CONFIG=str(path), PYTHONPATH=str(ROOT / "gateway"))
+        self.log = open(tmp_path / f"gateway-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gemma_gateway.app", "--host", "127.0.0.1", "--port",
+             str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gateway did not start; log: {self.log.name}")
+
+    def client(self, key: str | None = INFERENCE_KEY) -> ollama.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return ollama.Client(host=self.url, headers=headers)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def gateway(standin, tmp_path_factory):  # noqa: F811
+    server = Gateway(standin.url, tmp_path_factory.mktemp("gateway"))
+    yield server
+    server.stop()

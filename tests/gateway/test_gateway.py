@@ -1,0 +1,159 @@
+"""The gateway through the official ollama client: keys, scopes, streaming, metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import ollama
+import pytest
+
+from .conftest import ADMIN_KEY, INFERENCE_KEY
+
+MODEL = "gemma3:270m"
+
+
+def http(gateway, method, path, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(gateway.url + path, data=data, method=method,
+                                     headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def metric(gateway, name: str, **labels) -> float:
+    _status, _headers, body = http(gateway, "GET", "/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            head = line.split(" ")[0]
+            if head.split("{")[0] == name:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_clients_speak_ollamas_api_through_the_gateway(gateway):
+    client = gateway.client()
+    assert MODEL in [m.model for m in client.list().models]
+    assert "completion" in client.show(MODEL).capabilities
+    whole = client.generate(model=MODEL, prompt="The sky is", raw=True,
+                            options={"num_predict": 6, "temperature": 0})
+    streamed = "".join(c.response for c in client.generate(
+        model=MODEL, prompt="The sky is", raw=True, stream=True,
+        options={"num_predict": 6, "temperature": 0}))
+    assert whole.done and streamed == whole.response
+    chat = client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                       options={"num_predict": 4})
+    assert chat.message.role == "assistant"
+
+
+@pytest.mark.parametrize(("key", "path", "method", "status"), [
+    (None, "/api/tags", "GET", 401),
+    ("gk_wrong", "/api/tags", "GET", 401),
+    (INFERENCE_KEY, "/api/tags", "GET", 200),
+    (INFERENCE_KEY, "/api/delete", "DELETE", 403),
+    (INFERENCE_KEY, "/api/pull", "POST", 403),
+    (INFERENCE_KEY, "/api/copy", "POST", 403),
+    (INFERENCE_KEY, "/api/blobs/sha256:" + "0" * 64, "HEAD", 403),
+    (ADMIN_KEY, "/api/copy", "POST", 404),  # allowed through; the backend has no such model
+])
+def test_scope_matrix(gateway, key, path, method, status):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"source": "nope", "destination": "x"} if path == "/api/copy" else None
+    got, _headers, raw = http(gateway, method, path, body, headers)
+    assert got == status
+    if status in (401, 403) and method != "HEAD":
+        assert "error" in json.loads(raw)
+
+
+def test_refusals_name_the_reason(gateway):
+    with pytest.raises(ollama.ResponseError) as missing:
+        gateway.client(None).list()
+    assert missing.value.status_code == 401 and "missing API key" in missing.value.error
+    with pytest.raises(ollama.ResponseError) as scope:
+        gateway.client(INFERENCE_KEY).delete(MODEL)
+    assert scope.value.status_code == 403
+    assert "key 'team-a' lacks the admin scope that /api/delete needs" in scope.value.error
+
+
+def test_cors_preflight_allows_only_the_listed_origin(gateway):
+    ok, headers, _ = http(gateway, "OPTIONS", "/api/chat", headers={
+        "Origin": "https://chat.example.internal", "Access-Control-Request-Method": "POST"})
+    assert ok == 204
+    assert headers["access-control-allow-origin"] == "https://chat.example.internal"
+    refused, headers, _ = http(gateway, "OPTIONS", "/api/chat", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert refused == 403 and "access-control-allow-origin" not in headers
+
+
+def test_streaming_is_passed_through_not_buffered(gateway):
+    arrivals = []
+    started = time.perf_counter()
+    for chunk in gateway.client().generate(model=MODEL, prompt="Once upon a time", raw=True,
+                                           stream=True, options={"num_predict": 40, "stop": []}):
+        arrivals.append(time.perf_counter() - started)
+        if chunk.done:
+            break
+    assert len(arrivals) >= 20
+    # Tokens arrive ~25 ms apart from the backend: the first must reach the client long
+    # before the last is generated, as it would if the gateway held the stream back.
+    assert arrivals[0] < arrivals[-1] / 3
+
+
+def test_metrics_count_what_was_sent(gateway):
+    before_requests = metric(gateway, "gateway_request_duration_seconds_count",
+                             endpoint="/api/generate", model=MODEL, status="200")
+    before_tokens = metric(gateway, "gateway_completion_tokens_total", model=MODEL)
+    before_auth = metric(gateway, "gateway_auth_failures_total", reason="invalid")
+    client = gateway.client()
+    counts = []
+    for _ in range(3):
+        counts.append(client.generate(model=MODEL, prompt="Count:", raw=True,
+                                      options={"num_predict": 5}).eval_count)
+    with pytest.raises(ollama.ResponseError):
+        gateway.client("gk_bad").list()
+    assert metric(gateway, "gateway_request_duration_seconds_count", endpoint="/api/generate",
+                  model=MODEL, status="200") == before_requests + 3
+    assert metric(gateway, "gateway_completion_tokens_total", model=MODEL) == \
+        before_tokens + sum(counts)
+    assert metric(gateway, "gateway_auth_failures_total", reason="invalid") == before_auth + 1
+    assert metric(gateway, "gateway_time_to_first_token_seconds_count",
+                  endpoint="/api/generate", model=MODEL) >= 3
+
+
+def test_health_and_readiness(gateway):
+    assert http(gateway, "GET", "/healthz")[0] == 200
+    status, _headers, body = http(gateway, "GET", "/readyz")
+    assert status == 200 and MODEL in json.loads(body)["models"]
+
+
+def test_backend_down_is_a_502_with_a_reason_and_the_gateway_stays_up(tmp_path):
+    from .conftest import Gateway
+
+    lonely = Gateway("http://127.0.0.1:9", tmp_path)
+    try:
+        status, _h, body = http(lonely, "GET", "/api/tags",
+                                headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
+        assert status == 502 and "is not answering" in json.loads(body)["error"]
+        assert http(lonely, "GET", "/readyz")[0] == 503
+        assert http(lonely, "GET", "/healthz")[0] == 200
+    finally:
+        lonely.stop()
+
+
+def test_oversized_body_is_refused_with_413(tmp_path, standin):
+    from .conftest import Gateway
+
+    small = Gateway(standin.url, tmp_path, max_body_bytes=1000)
+    try:
+        status, _h, body = http(small, "POST", "/api/generate",
+                                {"model": MODEL, "prompt": "x" * 5000},
+                                {"Authorization": f"Bearer {INFERENCE_KEY}"})
+        assert status == 413 and "exceeds the limit of 1000 bytes" in json.loads(body)["error"]
+    finally:
+        small.stop()
