@@ -7,6 +7,8 @@ the final object's counts for its metrics.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +23,8 @@ from starlette.routing import Route
 
 from .auth import required_scope
 from .config import Settings
+from .images import ImageError, check_images, images_of
+from .limits import Limiter
 from .metrics import Metrics
 
 log = logging.getLogger("gemma_gateway.access")
@@ -68,6 +72,16 @@ class Watcher:
 
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     metrics = Metrics()
+    limiter = Limiter(settings.key_limits)
+    capabilities: dict[str, tuple[float, list]] = {}
+
+    async def poll(client: httpx.AsyncClient) -> None:
+        while True:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                ps = (await client.get("/api/ps", timeout=5)).json()
+                tags = (await client.get("/api/tags", timeout=5)).json()
+                metrics.record_backend(ps, tags)
+            await asyncio.sleep(settings.poll_seconds)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -75,7 +89,19 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 connect=5, read=None, write=60, pool=None), transport=transport,
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)) as client:
             app.state.client = client
+            poller = asyncio.create_task(poll(client))
             yield
+            poller.cancel()
+
+    async def model_capabilities(client: httpx.AsyncClient, model: str) -> list:
+        """The model's capabilities from /api/show, cached for a minute."""
+        cached = capabilities.get(model)
+        if cached and time.monotonic() - cached[0] < 60:
+            return cached[1]
+        shown = await client.post("/api/show", json={"model": model})
+        found = shown.json().get("capabilities", []) if shown.status_code == 200 else []
+        capabilities[model] = (time.monotonic(), found)
+        return found
 
     def cors_headers(request: Request) -> dict:
         origin = request.headers.get("origin")
@@ -127,10 +153,63 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             metrics.errors.labels("body_too_large").inc()
             return error(413, f"request body of {length} bytes exceeds the limit of "
                               f"{settings.max_body_bytes} bytes", cors)
-        return await forward(request, path, key.name, cors)
+        allowed, reason, retry_after = limiter.acquire(key.name)
+        if not allowed:
+            metrics.errors.labels("rate_limited").inc()
+            return error(429, reason, {**cors, "Retry-After": str(retry_after)})
+        try:
+            return await forward(request, path, key.name, cors,
+                                 release=lambda: limiter.release(key.name))
+        except BaseException:
+            limiter.release(key.name)
+            raise
 
-    async def forward(request: Request, path: str, key_name: str, cors: dict) -> Response:
+    async def forward(request: Request, path: str, key_name: str, cors: dict,
+                      release) -> Response:
+        """Relay one request; `release` is called once, when the response is finished."""
         client: httpx.AsyncClient = request.app.state.client
+        refusal = await check_body(request, path, client, cors)
+        if refusal is not None:
+            release()
+            return refusal
+        return await relay_upstream(request, path, key_name, cors, release, client)
+
+    async def check_body(request: Request, path: str, client, cors: dict) -> Response | None:
+        """Refuse what no backend should see: oversized bodies, bad images, text-only models."""
+        if path not in GENERATING:
+            return None
+        content = await request.body()
+        if len(content) > settings.max_body_bytes:
+            metrics.errors.labels("body_too_large").inc()
+            return error(413, f"request body exceeds {settings.max_body_bytes} bytes", cors)
+        try:
+            body = json.loads(content) if content else {}
+        except ValueError:
+            return None  # the backend answers malformed JSON in Ollama's own words
+        if not isinstance(body, dict):
+            return None
+        images = images_of(path, body)
+        if not images:
+            return None
+        try:
+            check_images(images, settings.images)
+        except ImageError as exc:
+            metrics.errors.labels("bad_image").inc()
+            return error(400, str(exc), cors)
+        model = str(body.get("model") or "")
+        try:
+            found = await model_capabilities(client, model)
+        except httpx.HTTPError:
+            return None  # the backend's own answer will say what is wrong
+        if found and "vision" not in found:
+            metrics.errors.labels("images_for_text_model").inc()
+            return error(400, f"{model} takes text only here (Ollama serves it without vision): "
+                              "send no images, or configure a vision backend for it in the "
+                              "gateway (vision_backends)", cors)
+        return None
+
+    async def relay_upstream(request: Request, path: str, key_name: str, cors: dict, release,
+                             client: httpx.AsyncClient) -> Response:
         started = time.perf_counter()
         endpoint = endpoint_of(path)
         model = ""
@@ -139,6 +218,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         else:
             content = await request.body()
             if len(content) > settings.max_body_bytes:
+                release()
                 metrics.errors.labels("body_too_large").inc()
                 return error(413, f"request body exceeds {settings.max_body_bytes} bytes", cors)
             if (content and request.headers.get("content-type", "").startswith(
@@ -158,6 +238,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             upstream = await client.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
             metrics.in_flight.dec()
+            release()
             metrics.errors.labels("backend_unreachable").inc()
             access(key_name, request.method, endpoint, model, 502, started, None)
             return error(502, f"backend {settings.backend_url} is not answering: {exc}", cors)
@@ -179,6 +260,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             finally:
                 await upstream.aclose()
                 metrics.in_flight.dec()
+                release()
                 elapsed = time.perf_counter() - started
                 metrics.duration.labels(endpoint, model, str(status)).observe(elapsed)
                 if status >= 400:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .auth import ADMIN, INFERENCE, ApiKey, Keyring
+from .images import ImageLimits
+from .limits import KeyLimits
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -24,6 +26,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024 * 1024
     expected_model: str = ""
+    images: ImageLimits = field(default_factory=ImageLimits)
+    key_limits: KeyLimits = field(default_factory=KeyLimits)
+    poll_seconds: float = 15.0
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> Settings:
@@ -52,4 +57,7 @@ class Settings:
             cors_origins=tuple(raw.get("cors_origins", [])),
             max_body_bytes=int(raw.get("max_body_bytes", cls.max_body_bytes)),
             expected_model=str(raw.get("expected_model", "")),
+            images=ImageLimits(**raw.get("images", {})),
+            key_limits=KeyLimits(**raw.get("key_limits", {})),
+            poll_seconds=float(raw.get("poll_seconds", 15.0)),
         )

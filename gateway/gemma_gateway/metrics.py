@@ -39,6 +39,22 @@ class Metrics:
                               registry=r)
         self.auth_failures = Counter("gateway_auth_failures", "Refused keys by reason",
                                      ["reason"], registry=r)
+        self.loaded = Gauge("gateway_model_loaded", "Models the backend holds in memory",
+                            ["model"], registry=r)
+        self.loaded_bytes = Gauge("gateway_model_memory_bytes",
+                                  "Memory of each loaded model (backend's /api/ps)",
+                                  ["model"], registry=r)
+        self.available = Gauge("gateway_models_available", "Models in the backend's store",
+                               registry=r)
+
+    def record_backend(self, ps: dict, tags: dict) -> None:
+        """What the poller read from /api/ps and /api/tags."""
+        self.loaded.clear()
+        self.loaded_bytes.clear()
+        for model in ps.get("models", []):
+            self.loaded.labels(model.get("name", "")).set(1)
+            self.loaded_bytes.labels(model.get("name", "")).set(model.get("size") or 0)
+        self.available.set(len(tags.get("models", [])))
 
     def record_final(self, endpoint: str, model: str, final: dict) -> None:
         """Ollama's final stream object (or non-streamed answer): tokens and durations."""

@@ -17,6 +17,7 @@ from gemma_gateway.auth import hash_key, new_key
 # The stand-in fixture, shared with this package's tests.
 from tests.standin.conftest import (
     ROOT,
+    client,  # noqa: F401
     free_port,
     standin,  # noqa: F401
 )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import ollama
 import pytest
@@ -157,3 +159,63 @@ def test_oversized_body_is_refused_with_413(tmp_path, standin):
         assert status == 413 and "exceeds the limit of 1000 bytes" in json.loads(body)["error"]
     finally:
         small.stop()
+
+
+PNG = (Path(__file__).resolve().parents[2] / "files" / "probe.png").read_bytes()
+
+
+@pytest.mark.parametrize(("images", "fragment"), [
+    (["not base64!"], "image 1 is not valid base64"),
+    ([base64.b64encode(b"plain text, not a picture").decode()], "image 1 is not a readable image"),
+    ([base64.b64encode(PNG).decode()] * 5, "5 images in one request; the limit is 4"),
+])
+def test_bad_images_are_refused_before_any_backend(gateway, images, fragment):
+    status, _h, body = http(gateway, "POST", "/api/generate",
+                            {"model": MODEL, "prompt": "What is this?", "images": images},
+                            {"Authorization": f"Bearer {INFERENCE_KEY}"})
+    assert status == 400
+    assert fragment in json.loads(body)["error"]
+
+
+def test_images_for_a_text_only_model_get_a_400_naming_the_model_and_the_fix(gateway):
+    with pytest.raises(ollama.ResponseError) as refused:
+        gateway.client().chat(model=MODEL, messages=[
+            {"role": "user", "content": "What is this?", "images": [PNG]}])
+    assert refused.value.status_code == 400
+    assert f"{MODEL} takes text only here" in refused.value.error
+    assert "configure a vision backend" in refused.value.error
+
+
+def test_rate_and_concurrency_limits_answer_429_with_retry_after(tmp_path, standin):
+    from .conftest import Gateway
+
+    limited = Gateway(standin.url, tmp_path,
+                      key_limits={"requests_per_minute": 3, "concurrency": 1})
+    try:
+        auth = {"Authorization": f"Bearer {INFERENCE_KEY}"}
+        statuses = [http(limited, "GET", "/api/version", headers=auth)[0] for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        status, headers, body = http(limited, "GET", "/api/version", headers=auth)
+        assert status == 429 and int(headers["retry-after"]) >= 1
+        assert "over its limit of 3 requests per minute" in json.loads(body)["error"]
+        # Another key has its own bucket.
+        assert http(limited, "GET", "/api/version",
+                    headers={"Authorization": f"Bearer {ADMIN_KEY}"})[0] == 200
+    finally:
+        limited.stop()
+
+
+def test_the_poller_exports_loaded_models(tmp_path, standin, client):
+    from .conftest import Gateway
+
+    client.generate(model=MODEL, prompt="", keep_alive="5m")
+    polled = Gateway(standin.url, tmp_path, poll_seconds=0.2)
+    try:
+        deadline = time.monotonic() + 10
+        while metric(polled, "gateway_model_loaded", model=MODEL) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert metric(polled, "gateway_model_memory_bytes", model=MODEL) > 200_000_000
+        assert metric(polled, "gateway_models_available") >= 1
+    finally:
+        polled.stop()
