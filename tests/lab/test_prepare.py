@@ -46,8 +46,9 @@ def recap(result: subprocess.CompletedProcess) -> dict:
 def built(tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "standin"], check=True,
                    capture_output=True)
-    subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "model"], check=True,
-                   capture_output=True)
+    for command in ("gateway", "model"):
+        subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), command], check=True,
+                       capture_output=True)
     root = tmp_path_factory.mktemp("bundles")
     first = prepare(root)
     assert first.returncode == 0, first.stdout[-4000:]
@@ -63,7 +64,7 @@ def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["version"] == VERSION
     assert [m["name"] for m in meta["models"]] == ["gemma3:270m"]
-    assert [i["name"] for i in meta["images"]] == ["ollama"]
+    assert [i["name"] for i in meta["images"]] == ["ollama", "gateway"]
     assert meta["images"][0]["id"].startswith("sha256:")
     assert meta["platforms"][0]["name"] == PLATFORM
     listed = {line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
