@@ -219,3 +219,34 @@ def test_the_poller_exports_loaded_models(tmp_path, standin, client):
         assert metric(polled, "gateway_models_available") >= 1
     finally:
         polled.stop()
+
+
+def test_backend_dying_mid_stream_ends_with_an_error_line_and_the_gateway_stays_up(tmp_path):
+    from tests.standin.conftest import StandIn, import_lab_model
+
+    from .conftest import Gateway
+
+    backend = StandIn(tmp_path / "models")
+    front = None
+    try:
+        import_lab_model(backend.client())
+        front = Gateway(backend.url, tmp_path)
+        request = urllib.request.Request(
+            front.url + "/api/generate", method="POST",
+            data=json.dumps({"model": MODEL, "prompt": "Once upon a time", "raw": True,
+                             "options": {"num_predict": 2000, "stop": []}}).encode(),
+            headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
+        lines = []
+        with urllib.request.urlopen(request, timeout=120) as response:
+            for line in response:
+                lines.append(json.loads(line))
+                if len(lines) == 5:
+                    backend.process.kill()  # the backend dies while tokens are flowing
+        assert len(lines) > 5
+        assert "error" in lines[-1] and "backend stream broke" in lines[-1]["error"]
+        assert not any(line.get("done") for line in lines)
+        assert http(front, "GET", "/healthz")[0] == 200
+    finally:
+        if front:
+            front.stop()
+        backend.stop()
