@@ -738,8 +738,11 @@ def make_server(settings: Settings | None = None,
     backend = backend or Backend(settings)
     handler = type("BoundHandler", (Handler,), {"backend": backend})
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    # A deep accept queue, as Ollama's Go server has: socketserver's default of 5
+    # refuses connections when a gateway opens hundreds at once.
     server_class = type("Server", (ThreadingHTTPServer,),
-                        {"address_family": family, "daemon_threads": True})
+                        {"address_family": family, "daemon_threads": True,
+                         "request_queue_size": 1024})
     server = server_class((settings.host, settings.port), handler)
     server.backend = backend
     return server
