@@ -113,6 +113,9 @@ test: lint unit molecule e2e
 bench: setup
 	$(BIN)/python benchmarks/bench_standin.py
 	$(BIN)/python benchmarks/bench_bundle_manifest.py
+	command -v nginx >/dev/null && command -v wrk >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk
+	$(BIN)/python benchmarks/bench_gateway.py
 
 clean: lab-down
 	rm -rf $(VENV)
