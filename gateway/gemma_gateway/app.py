@@ -168,26 +168,34 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                       release) -> Response:
         """Relay one request; `release` is called once, when the response is finished."""
         client: httpx.AsyncClient = request.app.state.client
-        refusal = await check_body(request, path, client, cors)
-        if refusal is not None:
-            release()
-            return refusal
-        return await relay_upstream(request, path, key_name, cors, release, client)
-
-    async def check_body(request: Request, path: str, client, cors: dict) -> Response | None:
-        """Refuse what no backend should see: oversized bodies, bad images, text-only models."""
-        if path not in GENERATING:
-            return None
+        if path.startswith("/api/blobs/"):
+            # Uploads pass through, never held in memory.
+            return await relay_upstream(request, path, key_name, cors, release, client,
+                                        request.stream(), "")
         content = await request.body()
         if len(content) > settings.max_body_bytes:
+            release()
             metrics.errors.labels("body_too_large").inc()
             return error(413, f"request body exceeds {settings.max_body_bytes} bytes", cors)
-        try:
-            body = json.loads(content) if content else {}
-        except ValueError:
-            return None  # the backend answers malformed JSON in Ollama's own words
-        if not isinstance(body, dict):
-            return None
+        body = None
+        if content and (path in GENERATING or request.headers.get(
+                "content-type", "").startswith("application/json")):
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(content)
+                body = parsed if isinstance(parsed, dict) else None
+        # Malformed JSON goes on: the backend answers it in Ollama's own words.
+        model = str(body.get("model") or body.get("name") or "") if body else ""
+        if body and path in GENERATING:
+            refusal = await check_images_for(body, path, model, client, cors)
+            if refusal is not None:
+                release()
+                return refusal
+        return await relay_upstream(request, path, key_name, cors, release, client, content,
+                                    model)
+
+    async def check_images_for(body: dict, path: str, model: str, client,
+                               cors: dict) -> Response | None:
+        """Refuse images no backend should see: unreadable, too many, or for a text-only model."""
         images = images_of(path, body)
         if not images:
             return None
@@ -196,7 +204,6 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         except ImageError as exc:
             metrics.errors.labels("bad_image").inc()
             return error(400, str(exc), cors)
-        model = str(body.get("model") or "")
         try:
             found = await model_capabilities(client, model)
         except httpx.HTTPError:
@@ -209,26 +216,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         return None
 
     async def relay_upstream(request: Request, path: str, key_name: str, cors: dict, release,
-                             client: httpx.AsyncClient) -> Response:
+                             client: httpx.AsyncClient, content, model: str) -> Response:
         started = time.perf_counter()
         endpoint = endpoint_of(path)
-        model = ""
-        if path.startswith("/api/blobs/"):
-            content = request.stream()  # uploads pass through, never held in memory
-        else:
-            content = await request.body()
-            if len(content) > settings.max_body_bytes:
-                release()
-                metrics.errors.labels("body_too_large").inc()
-                return error(413, f"request body exceeds {settings.max_body_bytes} bytes", cors)
-            if (content and request.headers.get("content-type", "").startswith(
-                    "application/json")) or path in GENERATING:
-                try:
-                    body = json.loads(content) if content else {}
-                    model = str(body.get("model") or body.get("name") or "") if isinstance(
-                        body, dict) else ""
-                except ValueError:
-                    model = ""
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED}
         upstream_request = client.build_request(request.method, path,
                                                 params=request.query_params, content=content,

@@ -39,6 +39,17 @@ def metric(gateway, name: str, **labels) -> float:
     return total
 
 
+def settled(gateway, name: str, expected: float, **labels) -> float:
+    """The metric once the gateway has recorded the last response (it does so right after
+    the last byte is sent, so a fast client can ask before); waits at most 2 s."""
+    deadline = time.monotonic() + 2
+    value = metric(gateway, name, **labels)
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = metric(gateway, name, **labels)
+    return value
+
+
 def test_clients_speak_ollamas_api_through_the_gateway(gateway):
     client = gateway.client()
     assert MODEL in [m.model for m in client.list().models]
@@ -119,10 +130,10 @@ def test_metrics_count_what_was_sent(gateway):
                                       options={"num_predict": 5}).eval_count)
     with pytest.raises(ollama.ResponseError):
         gateway.client("gk_bad").list()
-    assert metric(gateway, "gateway_request_duration_seconds_count", endpoint="/api/generate",
-                  model=MODEL, status="200") == before_requests + 3
-    assert metric(gateway, "gateway_completion_tokens_total", model=MODEL) == \
-        before_tokens + sum(counts)
+    assert settled(gateway, "gateway_request_duration_seconds_count", before_requests + 3,
+                   endpoint="/api/generate", model=MODEL, status="200") == before_requests + 3
+    assert settled(gateway, "gateway_completion_tokens_total", before_tokens + sum(counts),
+                   model=MODEL) == before_tokens + sum(counts)
     assert metric(gateway, "gateway_auth_failures_total", reason="invalid") == before_auth + 1
     assert metric(gateway, "gateway_time_to_first_token_seconds_count",
                   endpoint="/api/generate", model=MODEL) >= 3
