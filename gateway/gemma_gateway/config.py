@@ -11,6 +11,7 @@ from pathlib import Path
 from .auth import ADMIN, INFERENCE, ApiKey, Keyring
 from .images import ImageLimits
 from .limits import KeyLimits
+from .vision import VisionBackend
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -29,6 +30,9 @@ class Settings:
     images: ImageLimits = field(default_factory=ImageLimits)
     key_limits: KeyLimits = field(default_factory=KeyLimits)
     poll_seconds: float = 15.0
+    vision_backends: tuple[VisionBackend, ...] = ()
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> Settings:
@@ -56,6 +60,23 @@ class Settings:
             if unknown:
                 raise ConfigError(f"key {name!r}: unknown scope(s) {sorted(unknown)}")
             keys.append(ApiKey(name=name, sha256=digest, scopes=scopes))
+        vision = []
+        for entry in raw.get("vision_backends", []):
+            if not isinstance(entry, dict) or not entry.get("model") or \
+                    not str(entry.get("url", "")).startswith("http://"):
+                raise ConfigError(f"vision backend {entry!r}: needs 'model' (the Ollama model "
+                                  "name) and 'url' (http://host:port of an OpenAI-compatible "
+                                  "server)")
+            vision.append(VisionBackend(model=str(entry["model"]),
+                                        url=str(entry["url"]).rstrip("/"),
+                                        upstream_model=str(entry.get("upstream_model")
+                                                           or entry["model"])))
+        tls = raw.get("tls") or {}
+        if bool(tls.get("certfile")) != bool(tls.get("keyfile")):
+            raise ConfigError("tls needs both 'certfile' and 'keyfile' (or neither)")
+        if not str(raw.get("backend_url", cls.backend_url)).startswith("http://"):
+            raise ConfigError("backend_url must be http://host:port (Ollama on the stack's "
+                              "internal network)")
         return cls(
             backend_url=str(raw.get("backend_url", cls.backend_url)).rstrip("/"),
             keyring=Keyring(keys),
@@ -65,4 +86,7 @@ class Settings:
             images=ImageLimits(**raw.get("images", {})),
             key_limits=KeyLimits(**raw.get("key_limits", {})),
             poll_seconds=float(raw.get("poll_seconds", 15.0)),
+            vision_backends=tuple(vision),
+            tls_certfile=str(tls.get("certfile") or ""),
+            tls_keyfile=str(tls.get("keyfile") or ""),
         )

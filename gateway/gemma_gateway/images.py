@@ -32,10 +32,12 @@ def images_of(path: str, body: dict) -> list:
     return []
 
 
-def check_images(images: list, limits: ImageLimits) -> None:
+def check_images(images: list, limits: ImageLimits) -> list[str]:
+    """Every image decoded and checked; their formats (PNG, JPEG, ...) in order."""
     if len(images) > limits.max_images:
         raise ImageError(f"{len(images)} images in one request; the limit is "
                          f"{limits.max_images}")
+    formats = []
     for number, encoded in enumerate(images, 1):
         if not isinstance(encoded, str):
             raise ImageError(f"image {number} must be a base64 string")
@@ -58,3 +60,5 @@ def check_images(images: list, limits: ImageLimits) -> None:
         if max(width, height) > limits.max_side:
             raise ImageError(f"image {number} is {width}x{height}; the longest side may be "
                              f"{limits.max_side} pixels")
+        formats.append(kind)
+    return formats

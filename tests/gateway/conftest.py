@@ -29,7 +29,8 @@ ADMIN_KEY = new_key()
 class Gateway:
     def __init__(self, backend_url: str, tmp_path, **overrides) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if overrides.get("tls") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         config = {"backend_url": backend_url, "cors_origins": ["https://chat.example.internal"],
                   "expected_model": "gemma3:270m",
                   "keys": [{"name": "team-a", "sha256": hash_key(INFERENCE_KEY),
@@ -53,9 +54,9 @@ class Gateway:
         self.stop()
         raise RuntimeError(f"gateway did not start; log: {self.log.name}")
 
-    def client(self, key: str | None = INFERENCE_KEY) -> ollama.Client:
+    def client(self, key: str | None = INFERENCE_KEY, **options) -> ollama.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return ollama.Client(host=self.url, headers=headers)
+        return ollama.Client(host=self.url, headers=headers, **options)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -66,5 +67,46 @@ class Gateway:
 @pytest.fixture(scope="session")
 def gateway(standin, tmp_path_factory):  # noqa: F811
     server = Gateway(standin.url, tmp_path_factory.mktemp("gateway"))
+    yield server
+    server.stop()
+
+
+class OpenAIServer:
+    """llama-cpp-python's own OpenAI-compatible server (real llama.cpp) on a free port."""
+
+    def __init__(self, model_path, alias: str, log_dir, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_dir / f"openai-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
+             "--model_alias", alias, "--n_ctx", "2048", "--n_threads", "2", "--seed", "7",
+             "--host", "127.0.0.1", "--port", str(self.port), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"llama_cpp.server did not start; log: {self.log.name}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory):
+    from tests.standin.conftest import lab_model_path
+
+    server = OpenAIServer(lab_model_path(), "gemma3:270m", tmp_path_factory.mktemp("openai"),
+                          "--chat_format", "gemma")
     yield server
     server.stop()
