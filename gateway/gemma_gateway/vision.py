@@ -102,7 +102,7 @@ class OllamaShaper:
         self.model = model
         self.started = started
         self.first_at: float | None = None
-        self.pieces = 0
+        self.pieces = 0   # content deltas seen: one per token where the backend streams tokens
         self.usage: dict = {}
         self.timings: dict = {}
         self.finish = "stop"
@@ -119,7 +119,6 @@ class OllamaShaper:
     def piece(self, text: str) -> bytes:
         if self.first_at is None:
             self.first_at = time.perf_counter()
-        self.pieces += 1
         return (json.dumps(self._text(text, False)) + "\n").encode()
 
     def note(self, chunk: dict) -> str:
@@ -131,6 +130,8 @@ class OllamaShaper:
         text = ""
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or choice.get("message") or {}
+            if delta.get("content") is not None:
+                self.pieces += 1
             text += delta.get("content") or ""
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]

@@ -110,3 +110,17 @@ def openai_server(tmp_path_factory):
                           "--chat_format", "gemma")
     yield server
     server.stop()
+
+
+TINY_GEMMA3N = "gemma3n:tiny"
+
+
+@pytest.fixture(scope="session")
+def vision_server(tmp_path_factory):
+    """The tiny Gemma 3n with its mmproj behind llama-cpp-python's server (MTMD handler)."""
+    models = ROOT / "lab" / "models"
+    server = OpenAIServer(models / "gemma3n-tiny.gguf", TINY_GEMMA3N,
+                          tmp_path_factory.mktemp("vision"), "--chat_format", "mtmd",
+                          "--clip_model_path", str(models / "gemma3n-tiny-mmproj.gguf"))
+    yield server
+    server.stop()

@@ -76,9 +76,10 @@ class StandIn:
 GEMMA_TEMPLATE = (ROOT / "files" / "ollama" / "gemma-turns.gotmpl").read_text()
 
 
-def import_lab_model(client: ollama.Client, name: str = MODEL) -> str:
-    digest = client.create_blob(lab_model_path())
-    client.create(model=name, files={"gemma-3-270m-q4_k_m.gguf": digest},
+def import_lab_model(client: ollama.Client, name: str = MODEL, path: Path | None = None) -> str:
+    path = path or lab_model_path()
+    digest = client.create_blob(path)
+    client.create(model=name, files={path.name: digest},
                   template=GEMMA_TEMPLATE,
                   parameters={"stop": ["<end_of_turn>"], "temperature": 0.0})
     return digest
