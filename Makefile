@@ -76,7 +76,7 @@ lab-check: setup
 # prepare.yml against the lab inventory: the bundle goes to /var/lib/gemma-airgap/bundles/lab-1.
 prepare: setup
 	$(BIN)/python lab/labctl.py standin
-	$(BIN)/python lab/labctl.py gateway
+	$(BIN)/python lab/labctl.py vision
 	$(BIN)/python lab/labctl.py model
 	$(BIN)/ansible-playbook playbooks/prepare.yml
 

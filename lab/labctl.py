@@ -12,7 +12,7 @@ Everything the lab creates carries the label ``io.gemma-airgap.lab=<prefix>``
 (and ``io.gemma-airgap.lab.role``) so that ``down`` removes exactly what ``up``
 made for that prefix and nothing else.
 
-Usage: labctl.py {engine,images,standin,gateway,model,up,down,status} (see ``--help``).
+Usage: labctl.py {engine,images,standin,vision,model,up,down,status} (see ``--help``).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ TARGET_IMAGE = BaseImage(
     packages=("systemd", "systemd-sysv", "dbus", "python3", "iproute2", "procps"),
     purpose="Debian 13 target with systemd + python3",
 )
-# Lab images that no registry can give us (the Ollama stand-in, the gateway,
-# prometheus) are built FROM this one.
+# Images that no registry can give us here (the Ollama stand-in, the vision backend,
+# and the gateway, which prepare builds) are built FROM this one.
 BUILDER_IMAGE = BaseImage(
     tag="gemma-airgap-lab/base:bookworm",
     suite="bookworm",
@@ -81,10 +81,10 @@ BUILDER_IMAGE = BaseImage(
 BASE_IMAGES = (TARGET_IMAGE, BUILDER_IMAGE)
 
 LAB_DIR = Path(__file__).resolve().parent
-# Images built FROM the builder base, offline: the Ollama stand-in (lab equipment) and
-# the gateway (ours; no registry can give it to us here).
+# Lab equipment built FROM the builder base, offline: the Ollama stand-in and the vision
+# backend (production runs ollama/ollama and llama.cpp's llama-server instead).
 STANDIN_IMAGE = "gemma-airgap-lab/ollama-standin:latest"
-GATEWAY_IMAGE = "gemma-airgap-lab/gateway:latest"
+VISION_IMAGE = "gemma-airgap-lab/vision:latest"
 LLAMA_WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
 LAB_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 
@@ -266,8 +266,13 @@ def build_standin(config: LabConfig) -> str:
     return build_image(config, STANDIN_IMAGE, LAB_DIR / "standin", ("ollama_standin",))
 
 
-def build_gateway(config: LabConfig) -> str:
-    return build_image(config, GATEWAY_IMAGE, LAB_DIR.parent / "gateway", ("gemma_gateway",))
+def build_vision(config: LabConfig) -> str:
+    """The lab's vision backend (llama-cpp-python's OpenAI-compatible server)."""
+    wheel = config.cache_dir / "wheels" / LLAMA_WHEEL
+    if not wheel.exists():
+        raise LabError(f"{wheel} is missing: run `make setup` first (it builds the "
+                       "llama-cpp-python wheel once)")
+    return build_image(config, VISION_IMAGE, LAB_DIR / "vision", ())
 
 
 # --- Network and targets -----------------------------------------------------
@@ -368,10 +373,10 @@ def cmd_standin(config: LabConfig) -> None:
     build_standin(config)
 
 
-def cmd_gateway(config: LabConfig) -> None:
+def cmd_vision(config: LabConfig) -> None:
     ensure_engine()
     ensure_base_images(config)
-    build_gateway(config)
+    build_vision(config)
 
 
 def cmd_model(config: LabConfig) -> None:
@@ -436,7 +441,7 @@ COMMANDS = {
     "engine": cmd_engine,
     "images": cmd_images,
     "standin": cmd_standin,
-    "gateway": cmd_gateway,
+    "vision": cmd_vision,
     "model": cmd_model,
     "up": cmd_up,
     "down": cmd_down,

@@ -43,6 +43,11 @@ options:
   image:
     description: Path on the target of the image for the image probe.
     type: path
+  image_model:
+    description:
+      - The model the image probe asks (default O(model)): through the gateway, the model
+        that has a vision backend; the gateway's C(/api/show) then reports C(vision) for it.
+    type: str
   num_predict:
     description: Tokens to generate per probe.
     type: int
@@ -81,6 +86,14 @@ EXAMPLES = r"""
     url: http://172.30.0.2:11434
     model: gemma3n:e4b
     image: /opt/gemma-airgap/current/files/probe.png
+
+- name: Prove text on the default model and images on the one with a vision backend
+  ollama_probe:
+    url: http://127.0.0.1:8080
+    api_key: "{{ probe_key }}"
+    model: gemma3n:e2b
+    image_model: gemma3n:e4b
+    image: /opt/gemma-airgap/probe.png
 """
 
 RETURN = r"""
@@ -174,14 +187,15 @@ def probe_stream(client, params):
 
 
 def probe_image(client, params, capabilities):
+    model = params["image_model"] or params["model"]
     if "vision" not in capabilities:
         return {"skipped": True, "reason": "%s has no vision capability (%s)" % (
-            params["model"], ", ".join(capabilities) or "none")}
+            model, ", ".join(capabilities) or "none")}
     if not params["image"]:
         return {"skipped": True, "reason": "no probe image given"}
     with open(params["image"], "rb") as handle:
         encoded = base64.b64encode(handle.read()).decode("ascii")
-    body = {"model": params["model"], "stream": False,
+    body = {"model": model, "stream": False,
             "options": {"num_predict": params["num_predict"]},
             "messages": [{"role": "user", "content": "Describe this image in one sentence.",
                           "images": [encoded]}]}
@@ -222,6 +236,7 @@ def main():
                         default=["text", "stream", "image"]),
             prompt=dict(type="str", default="Name one colour of the sky."),
             image=dict(type="path"),
+            image_model=dict(type="str"),
             num_predict=dict(type="int", default=24),
             expect=dict(type="str"),
             api_key=dict(type="str", no_log=True),
@@ -244,6 +259,9 @@ def main():
             elif name == "stream":
                 checks[name] = dict(probe_stream(client, params), passed=True)
             else:
+                if params["image_model"] and params["image_model"] != params["model"]:
+                    capabilities = client.post("/api/show", {"model": params["image_model"]}).get(
+                        "capabilities", [])
                 outcome = probe_image(client, params, capabilities)
                 checks[name] = dict(outcome, passed=not outcome.get("skipped"))
     except ProbeFailed as error:

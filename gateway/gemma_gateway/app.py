@@ -299,8 +299,34 @@ def create_app(settings: Settings) -> Starlette:
                 refusal = await refuse_text_only(model, cors)
                 if refusal is not None:
                     return refusal
+        if path == "/api/show" and model in vision:
+            return await show_with_vision(request, key_name, content, model, cors)
         return await relay_upstream(request, path, key_name, cors, release, backend, content,
                                     model)
+
+    async def show_with_vision(request: Request, key_name: str, content: bytes, model: str,
+                               cors: dict) -> Response:
+        """Ollama's /api/show for a model with a vision backend: through the gateway it
+        takes images, so its capabilities say "vision" (clients and probes look there)."""
+        started = time.perf_counter()
+        try:
+            answer = await backend.request("POST", "/api/show",
+                                           [("content-type", "application/json")], content)
+            data = await answer.read()
+        except UpstreamError as exc:
+            metrics.errors.labels("backend_unreachable").inc()
+            return error(502, f"backend {backend.url} is not answering: {exc}", cors)
+        status = answer.status
+        if status == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                shown = json.loads(data)
+                if "vision" not in shown.setdefault("capabilities", []):
+                    shown["capabilities"].append("vision")
+                data = json.dumps(shown).encode()
+        metrics.duration.labels("/api/show", model, str(status)).observe(
+            time.perf_counter() - started)
+        access(key_name, "POST", "/api/show", model, status, started, None)
+        return Response(data, status_code=status, media_type="application/json", headers=cors)
 
     async def refuse_text_only(model: str, cors: dict) -> Response | None:
         """A 400 for images to a model that Ollama serves without vision."""
@@ -438,11 +464,8 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 if not streamed:
                     data = await answer.read()
-                    text = shaper.note(json.loads(data))
-                    if text:
-                        shaper.first_at = time.perf_counter()
-                    final = shaper.final(text)
-                    watcher.final, watcher.first_text_at = final, shaper.first_at
+                    final = shaper.final(shaper.note(json.loads(data)))
+                    watcher.final = final
                     yield json.dumps(final).encode()
                     return
                 async for chunk in answer.chunks():

@@ -140,14 +140,21 @@ class OllamaShaper:
     def final(self, text: str = "") -> dict:
         """The last object: Ollama's done fields, durations in nanoseconds."""
         now = time.perf_counter()
-        first = self.first_at or now
         prompt_n = self.usage.get("prompt_tokens") or self.timings.get("prompt_n") or 0
         eval_n = self.usage.get("completion_tokens") or self.timings.get("predicted_n") \
             or self.pieces
-        prompt_ns = int(self.timings["prompt_ms"] * 1e6) if self.timings.get("prompt_ms") \
-            else int((first - self.started) * 1e9)
-        eval_ns = int(self.timings["predicted_ms"] * 1e6) if self.timings.get("predicted_ms") \
-            else int((now - first) * 1e9)
+        if self.timings.get("prompt_ms") and self.timings.get("predicted_ms"):
+            # llama-server says how long each phase took.
+            prompt_ns = int(self.timings["prompt_ms"] * 1e6)
+            eval_ns = int(self.timings["predicted_ms"] * 1e6)
+        elif self.first_at is not None:
+            # Streamed: the first text marks the end of the prompt phase.
+            prompt_ns = int((self.first_at - self.started) * 1e9)
+            eval_ns = int((now - self.first_at) * 1e9)
+        else:
+            # One answer and no timings: the split is unknown, so generation is charged
+            # the whole time (tokens/s comes out low, never absurdly high).
+            prompt_ns, eval_ns = 0, int((now - self.started) * 1e9)
         obj = self._text(text, True)
         obj.update(done_reason="length" if self.finish == "length" else "stop",
                    total_duration=int((now - self.started) * 1e9), load_duration=0,

@@ -46,7 +46,7 @@ def recap(result: subprocess.CompletedProcess) -> dict:
 def built(tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "standin"], check=True,
                    capture_output=True)
-    for command in ("gateway", "model"):
+    for command in ("vision", "model"):
         subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), command], check=True,
                        capture_output=True)
     root = tmp_path_factory.mktemp("bundles")
@@ -64,7 +64,7 @@ def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["version"] == VERSION
     assert [m["name"] for m in meta["models"]] == ["gemma3:270m"]
-    assert [i["name"] for i in meta["images"]] == ["ollama", "gateway"]
+    assert [i["name"] for i in meta["images"]] == ["ollama", "gateway", "vision"]
     assert meta["images"][0]["id"].startswith("sha256:")
     assert meta["platforms"][0]["name"] == PLATFORM
     listed = {line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
