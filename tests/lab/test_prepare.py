@@ -63,8 +63,16 @@ def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
     assert check.returncode == 0, check.stdout + check.stderr
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["version"] == VERSION
-    assert [m["name"] for m in meta["models"]] == ["gemma3:270m"]
+    assert [m["name"] for m in meta["models"]] == ["gemma3:270m", "gemma3n:tiny"]
     assert [i["name"] for i in meta["images"]] == ["ollama", "gateway", "vision"]
+    assert meta["images"][1]["image"] == f"gemma-airgap/gateway:{VERSION}"  # built by prepare
+    assert meta["vision"] == [{"model": "gemma3n:tiny",
+                               "model_file": "vision/gemma3n-tiny-model.gguf",
+                               "mmproj_file": "vision/gemma3n-tiny-mmproj.gguf"}]
+    pinned = dict(reversed(line.split()) for line in
+                  (ROOT / "lab" / "models" / "SHA256SUMS").read_text().splitlines())
+    assert hashlib.sha256((bundle / "vision" / "gemma3n-tiny-mmproj.gguf").read_bytes()
+                          ).hexdigest() == pinned["gemma3n-tiny-mmproj.gguf"]
     assert meta["images"][0]["id"].startswith("sha256:")
     assert meta["platforms"][0]["name"] == PLATFORM
     listed = {line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
@@ -146,7 +154,8 @@ def test_a_missing_local_image_fails_before_any_work(built):
     root, _first = built
     images = json.dumps({"bundle_images": [
         {"name": "ollama", "image": "gemma-airgap-lab/ollama-standin:latest", "source": "local"},
-        {"name": "gateway", "image": "gemma-airgap-lab/nope:1", "source": "local"}]})
+        {"name": "gateway", "image": "gemma-airgap-lab/nope:1", "source": "local"}],
+        "bundle_vision": []})
     result = prepare(root, "-e", images, version="missing-image")
     assert result.returncode != 0
     assert "Image gemma-airgap-lab/nope:1 (gateway) is not in the staging host's Docker engine" \
@@ -221,3 +230,30 @@ def test_an_interrupted_export_is_finished_by_the_next_run(built):
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=bundle,
                            capture_output=True, check=False)
     assert check.returncode == 0
+
+
+def test_a_vision_file_that_does_not_match_its_pin_never_enters_the_bundle(built, tmp_path):
+    root, _first = built
+    impostor = tmp_path / "mmproj.gguf"
+    impostor.write_bytes((ROOT / "lab" / "models" / "gemma3n-tiny-mmproj.gguf").read_bytes()
+                         + b"tampered")
+    models = ROOT / "lab" / "models"
+    pinned = dict(reversed(line.split()) for line in
+                  (models / "SHA256SUMS").read_text().splitlines())
+    vision = json.dumps({"bundle_vision": [{"model": "gemma3n:tiny", "files": [
+        {"kind": "model", "url": f"file://{models}/gemma3n-tiny.gguf",
+         "sha256": pinned["gemma3n-tiny.gguf"]},
+        {"kind": "mmproj", "url": f"file://{impostor}",
+         "sha256": pinned["gemma3n-tiny-mmproj.gguf"]}]}]})
+    result = prepare(root, "-e", vision, version="bad-vision")
+    assert result.returncode != 0
+    assert f"The mmproj file of gemma3n:tiny from file://{impostor}" in result.stdout
+    assert "if the source changed on purpose, pin the new sha256" in result.stdout
+    assert not (root / "bad-vision" / "vision" / "gemma3n-tiny-mmproj.gguf").exists()
+    assert not (root / "bad-vision" / "SHA256SUMS").exists()
+    unpinned = json.dumps({"bundle_vision": [{"model": "gemma3n:tiny", "files": [
+        {"kind": "model", "url": f"file://{models}/gemma3n-tiny.gguf", "sha256": "abc"}]}]})
+    refused = prepare(root, "-e", unpinned, version="unpinned-vision")
+    assert refused.returncode != 0
+    assert "bundle_vision entry" in refused.stdout and "is invalid" in refused.stdout
+    assert not (root / "unpinned-vision").exists()
