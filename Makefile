@@ -20,14 +20,14 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
-.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin prepare deploy verify rollback \
+.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin vision prepare deploy verify rollback \
 	molecule e2e test \
 	bench clean
 
 help:
 	@echo "make lab    - lab-up, then prepare -> deploy -> verify in the air-gap lab"
 	@echo "make test   - lint, unit tests, molecule scenarios, end-to-end air-gap scenario"
-	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | standin | molecule | e2e"
+	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | standin | vision | molecule | e2e"
 	@echo "make bench  - benchmarks (figures side by side with a baseline from the same run)"
 
 # llama-cpp-python has no wheel on PyPI: build it once, portable across CPUs
@@ -64,6 +64,10 @@ lab-down: setup
 # The Ollama stand-in image (lab equipment), built offline from the lab base.
 standin: setup
 	$(BIN)/python lab/labctl.py standin
+
+# The lab's vision backend image (llama-cpp-python's server; production: llama-server).
+vision: setup
+	$(BIN)/python lab/labctl.py vision
 
 lab-status: setup
 	$(BIN)/python lab/labctl.py status
