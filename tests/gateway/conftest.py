@@ -81,6 +81,7 @@ class OpenAIServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
              "--model_alias", alias, "--n_ctx", "2048", "--n_threads", "2", "--seed", "7",
+             "--interrupt_requests", "false",
              "--host", "127.0.0.1", "--port", str(self.port), *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -144,3 +144,37 @@ def test_a_vision_backend_that_is_down_gives_503_and_text_still_works(standin, t
                                         options={"num_predict": 2}).done
     finally:
         orphan.stop()
+
+
+def test_the_health_probe_checks_images_on_the_model_with_a_vision_backend(routed, tmp_path):
+    from tests.conftest import run_module
+
+    image = tmp_path / "probe.png"
+    image.write_bytes(picture())
+    result = run_module("ollama_probe", {
+        "url": routed.url, "api_key": INFERENCE_KEY, "model": "gemma3:270m",
+        "image_model": TINY_GEMMA3N, "image": str(image), "num_predict": 6})
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["checks"]["text"]["passed"] and result["checks"]["image"]["passed"]
+    assert result["checks"]["image"]["eval_count"] >= 6
+    # The same probe on the text model alone skips the image check and says why.
+    alone = run_module("ollama_probe", {"url": routed.url, "api_key": INFERENCE_KEY,
+                                        "model": "gemma3:270m", "image": str(image),
+                                        "checks": ["image"]})
+    assert alone["checks"]["image"]["skipped"] is True
+    assert "gemma3:270m has no vision capability" in alone["checks"]["image"]["reason"]
+
+
+def test_a_stream_finishes_while_other_requests_reach_the_vision_backend(routed, vision_server):
+    """llama-cpp-python's server cuts a running stream when another request arrives unless
+    started with --interrupt_requests false (the lab found this through the healthcheck)."""
+    chunks = routed.client().generate(model=TINY_GEMMA3N, prompt=QUESTION, images=[picture()],
+                                      stream=True, options={"num_predict": 30, "stop": []})
+    seen = []
+    for chunk in chunks:
+        seen.append(chunk)
+        if len(seen) == 2:
+            with urllib.request.urlopen(vision_server.url + "/v1/models", timeout=60) as r:
+                assert r.status == 200
+    assert seen[-1].done, "the stream was cut short"
+    assert seen[-1].eval_count >= 20
