@@ -59,6 +59,11 @@ options:
     description: Bearer token, for a gateway that requires one.
     type: str
     no_log: true
+  ca_path:
+    description:
+      - For an https O(url), the certificate (or CA) the server's chain must verify against.
+        The host name is not checked (probes use the target's loopback address).
+    type: path
   timeout:
     description: Seconds for each request (a cold model load counts).
     type: int
@@ -240,6 +245,7 @@ def main():
             num_predict=dict(type="int", default=24),
             expect=dict(type="str"),
             api_key=dict(type="str", no_log=True),
+            ca_path=dict(type="path"),
             timeout=dict(type="int", default=300),
             hint=dict(type="str", default=""),
         ),
@@ -247,7 +253,8 @@ def main():
     )
     params = module.params
     headers = {"Authorization": "Bearer %s" % params["api_key"]} if params["api_key"] else {}
-    client = OllamaClient(params["url"], timeout=params["timeout"], headers=headers)
+    client = OllamaClient(params["url"], timeout=params["timeout"], headers=headers,
+                          ca_path=params["ca_path"])
     hint = (" " + params["hint"]) if params["hint"] else ""
     checks = {}
     try:

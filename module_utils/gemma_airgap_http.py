@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 import json
 import socket
+import ssl
 import time
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -28,10 +29,16 @@ class ApiError(Exception):
 
 
 class OllamaClient:
-    def __init__(self, base_url, timeout=60.0, headers=None):
+    def __init__(self, base_url, timeout=60.0, headers=None, ca_path=None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = dict(headers or {})
+        self.context = None
+        if ca_path:
+            # The chain is verified against ca_path; the name is not, because probes reach
+            # the gateway on the target's loopback while its certificate names the host.
+            self.context = ssl.create_default_context(cafile=ca_path)
+            self.context.check_hostname = False
 
     def _open(self, method, path, body=None, timeout=None):
         url = self.base_url + path
@@ -41,7 +48,7 @@ class OllamaClient:
             headers["Content-Type"] = "application/json"
         request = Request(url, data=data, method=method, headers=headers)
         try:
-            return urlopen(request, timeout=timeout or self.timeout)
+            return urlopen(request, timeout=timeout or self.timeout, context=self.context)
         except HTTPError as error:
             raw = error.read()
             try:

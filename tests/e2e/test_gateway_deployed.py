@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,53 @@ def test_the_gateway_wants_a_key_and_honours_scopes():
     assert call("http://127.0.0.1:8080/readyz")[0] == 200
     metrics = call("http://127.0.0.1:8080/metrics")[1]
     assert "gateway_request_duration_seconds" in metrics
+
+
+def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
+    """deploy with gateway_tls_certificate/_private_key: https only, the key readable by the
+    gateway's user alone, the health probes verify the chain; then back to plain HTTP."""
+    import os
+    import ssl
+    import subprocess
+    import sys
+    import urllib.request
+
+    import ollama
+
+    from .test_deploy_refusals import ROOT, TARGET
+
+    address = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+         TARGET], text=True, capture_output=True, check=True).stdout.strip()
+    cert, key = tmp_path / "gateway.crt", tmp_path / "gateway.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=gateway.lab", "-addext",
+                    f"subjectAltName=DNS:gateway.lab,IP:{address},IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    extra = tmp_path / "tls.json"
+    extra.write_text(json.dumps({"gateway_tls_certificate": cert.read_text(),
+                                 "gateway_tls_private_key": key.read_text()}))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    playbook = [str(Path(sys.executable).parent / "ansible-playbook"),
+                str(ROOT / "playbooks" / "deploy.yml")]
+    secured = subprocess.run([*playbook, "-e", f"@{extra}"], cwd=ROOT, env=env, text=True,
+                             capture_output=True, check=False)
+    try:
+        assert secured.returncode == 0, secured.stdout[-4000:]
+        assert "probes through the gateway at https://127.0.0.1:8080" in secured.stdout
+        assert key.read_text() not in secured.stdout  # no_log
+        context = ssl.create_default_context(cafile=str(cert))
+        client = ollama.Client(host=f"https://{address}:8080", verify=context,
+                               headers={"Authorization": "Bearer gk_lab-user-key-not-a-secret"})
+        assert "gemma3:270m" in [m.model for m in client.list().models]
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{address}:8080/healthz", timeout=5).read()
+        mode = on_target("stat", "-c", "%a %u", "/opt/gemma-airgap/stack/tls/key.pem").split()
+        assert mode == ["400", "10001"]
+        assert json.loads(on_target("docker", "inspect", "-f", "{{json .State.Health.Status}}",
+                                    "gemma-airgap-gateway-1")) == "healthy"
+    finally:
+        plain = subprocess.run(playbook, cwd=ROOT, env=env, text=True, capture_output=True,
+                               check=False)
+    assert plain.returncode == 0, plain.stdout[-4000:]
+    assert call("http://127.0.0.1:8080/api/tags", "gk_lab-user-key-not-a-secret")[0] == 200
