@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import ollama
 import pytest
@@ -20,6 +18,7 @@ from tests.standin.conftest import (
     client,  # noqa: F401
     free_port,
     standin,  # noqa: F401
+    wait_listening,
 )
 
 INFERENCE_KEY = new_key()
@@ -44,15 +43,9 @@ class Gateway:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gemma_gateway.app", "--host", "127.0.0.1", "--port",
              str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gateway did not start; log: {self.log.name}")
+        if not wait_listening(self.port, self.process, 20):
+            self.stop()
+            raise RuntimeError(f"gateway did not start; log: {self.log.name}")
 
     def client(self, key: str | None = INFERENCE_KEY, **options) -> ollama.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -84,17 +77,9 @@ class OpenAIServer:
              "--interrupt_requests", "false",
              "--host", "127.0.0.1", "--port", str(self.port), *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"llama_cpp.server did not start; log: {self.log.name}")
+        if not wait_listening(self.port, self.process, 60):
+            self.stop()
+            raise RuntimeError(f"llama_cpp.server did not start; log: {self.log.name}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

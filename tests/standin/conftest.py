@@ -35,6 +35,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_listening(port: int, process: subprocess.Popen, seconds: float) -> bool:
+    """True once something accepts on the port; False if the process exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            if process.poll() is not None:
+                return False
+            time.sleep(0.1)
+    return False
+
+
 class StandIn:
     def __init__(self, models: Path, **env: str) -> None:
         self.port = free_port()
@@ -47,17 +61,9 @@ class StandIn:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ollama_standin.cli", "serve"], env=environment,
             stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"stand-in did not start; log: {self.log.name}")
+        if not wait_listening(self.port, self.process, 30):
+            self.stop()
+            raise RuntimeError(f"stand-in did not start; log: {self.log.name}")
 
     def client(self) -> ollama.Client:
         return ollama.Client(host=self.url)
