@@ -257,3 +257,8 @@ def test_a_vision_file_that_does_not_match_its_pin_never_enters_the_bundle(built
     assert refused.returncode != 0
     assert "bundle_vision entry" in refused.stdout and "is invalid" in refused.stdout
     assert not (root / "unpinned-vision").exists()
+    twice = json.loads(vision)["bundle_vision"] * 2
+    two = prepare(root, "-e", json.dumps({"bundle_vision": twice}), version="two-vision")
+    assert two.returncode != 0
+    assert "the stack runs one vision service" in two.stdout
+    assert not (root / "two-vision").exists()
