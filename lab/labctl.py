@@ -257,21 +257,23 @@ def build_image(config: LabConfig, tag: str, source: Path, entries: tuple[str, .
     return tag
 
 
-def build_standin(config: LabConfig) -> str:
-    """The Ollama stand-in image (docker's layer cache makes a rebuild quick)."""
+def require_llama_wheel(config: LabConfig) -> None:
+    """The images with llama.cpp need the wheel `make setup` builds (no wheel on PyPI)."""
     wheel = config.cache_dir / "wheels" / LLAMA_WHEEL
     if not wheel.exists():
         raise LabError(f"{wheel} is missing: run `make setup` first (it builds the "
                        "llama-cpp-python wheel once)")
+
+
+def build_standin(config: LabConfig) -> str:
+    """The Ollama stand-in image (docker's layer cache makes a rebuild quick)."""
+    require_llama_wheel(config)
     return build_image(config, STANDIN_IMAGE, LAB_DIR / "standin", ("ollama_standin",))
 
 
 def build_vision(config: LabConfig) -> str:
     """The lab's vision backend (llama-cpp-python's OpenAI-compatible server)."""
-    wheel = config.cache_dir / "wheels" / LLAMA_WHEEL
-    if not wheel.exists():
-        raise LabError(f"{wheel} is missing: run `make setup` first (it builds the "
-                       "llama-cpp-python wheel once)")
+    require_llama_wheel(config)
     return build_image(config, VISION_IMAGE, LAB_DIR / "vision", ())
 
 

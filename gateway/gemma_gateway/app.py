@@ -29,12 +29,13 @@ from .images import ImageError, check_images, images_of
 from .limits import Limiter
 from .metrics import Metrics
 from .upstream import Upstream, UpstreamError
-from .vision import OllamaShaper, TranslationError, sse_events, to_openai
+from .vision import OllamaShaper, TranslationError, sse_data, sse_events, to_openai
 
 log = logging.getLogger("gemma_gateway.access")
 # Hop-by-hop and transport headers are the proxy's own business.
 DROPPED = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
            "authorization", "accept-encoding", "te", "upgrade", "proxy-authorization"}
+DROPPED_RAW = {name.encode() for name in DROPPED}  # ASGI header names are lower-case bytes
 GENERATING = ("/api/generate", "/api/chat")
 OPENAI_GENERATING = ("/v1/chat/completions", "/v1/completions")
 
@@ -72,10 +73,9 @@ class Watcher:
 
     def line(self, line: bytes) -> None:
         if self.sse:
-            line = line.strip()
-            if not line.startswith(b"data:"):
+            line = sse_data(line)
+            if line is None:
                 return
-            line = line[5:]
         if not line.strip() or line.strip() == b"[DONE]":
             return
         try:
@@ -123,18 +123,17 @@ class Relay:
         self.streamed = streamed
 
     async def __call__(self, scope, receive, send) -> None:
-        watcher = None
         try:
             if self.streamed:
-                watcher = asyncio.ensure_future(self._stream(send))
+                sending = asyncio.ensure_future(self._stream(send))
                 listener = asyncio.ensure_future(self._disconnect(receive))
-                await asyncio.wait((watcher, listener), return_when=asyncio.FIRST_COMPLETED)
-                if not watcher.done():
-                    watcher.cancel()
+                await asyncio.wait((sending, listener), return_when=asyncio.FIRST_COMPLETED)
+                if not sending.done():
+                    sending.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
+                        await sending
                 listener.cancel()
-                watcher.result()
+                sending.result()
             else:
                 await self._stream(send)
         finally:
@@ -369,7 +368,7 @@ def create_app(settings: Settings) -> Starlette:
         started = time.perf_counter()
         endpoint = endpoint_of(path)
         headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                   for k, v in request.headers.raw if k.decode("latin-1").lower() not in DROPPED]
+                   for k, v in request.headers.raw if k not in DROPPED_RAW]
         target = path + ("?" + request.url.query if request.url.query else "")
         metrics.in_flight.inc()
         try:
@@ -444,10 +443,10 @@ def create_app(settings: Settings) -> Starlette:
             data = await answer.read()
             metrics.in_flight.dec()
             reason = data.decode("utf-8", "replace")[:500]
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
-                parsed = json.loads(data)
-                reason = (parsed.get("error") or {}).get("message") or reason \
-                    if isinstance(parsed.get("error"), dict) else parsed.get("error") or reason
+            with contextlib.suppress(ValueError, AttributeError):
+                problem = json.loads(data).get("error")  # OpenAI: {"message"}; others: text
+                reason = (problem.get("message") if isinstance(problem, dict) else problem) \
+                    or reason
             status = 503 if answer.status == 503 else (
                 400 if 400 <= answer.status < 500 else 502)
             metrics.errors.labels(f"vision_{answer.status}").inc()

@@ -101,7 +101,7 @@ class Response:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        if self._keep and self._framing in ("none", "length", "chunked"):
+        if self._keep:  # false for close-delimited bodies and for any body not read to its end
             self._pool._give_back(connection)
         else:
             connection.close()

@@ -90,8 +90,10 @@ def to_openai(path: str, body: dict, backend: VisionBackend, formats: list[str])
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + \
-        f".{int(time.time() % 1 * 1e9):09d}Z"
+    """Ollama's created_at: RFC 3339 in UTC with nanoseconds (one clock reading)."""
+    now = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 10**9)) + \
+        f".{now % 10**9:09d}Z"
 
 
 class OllamaShaper:
@@ -163,6 +165,12 @@ class OllamaShaper:
         return obj
 
 
+def sse_data(line: bytes) -> bytes | None:
+    """The payload of one SSE line if it is a `data:` line, else None."""
+    line = line.strip()
+    return line[5:].strip() if line.startswith(b"data:") else None
+
+
 def sse_events(buffer: bytearray, chunk: bytes):
     """Complete `data:` payloads from an SSE byte stream (buffer keeps the rest)."""
     buffer += chunk
@@ -170,7 +178,7 @@ def sse_events(buffer: bytearray, chunk: bytes):
         cut = buffer.find(b"\n")
         if cut < 0:
             return
-        line = bytes(buffer[:cut]).rstrip(b"\r")
+        payload = sse_data(bytes(buffer[:cut]))
         del buffer[:cut + 1]
-        if line.startswith(b"data:"):
-            yield line[5:].strip()
+        if payload is not None:
+            yield payload

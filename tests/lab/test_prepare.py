@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import labctl
+from tests.tiny_gemma3n.test_tiny_gemma3n import recorded
 
 pytestmark = pytest.mark.lab
 
@@ -69,8 +70,7 @@ def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
     assert meta["vision"] == [{"model": "gemma3n:tiny",
                                "model_file": "vision/gemma3n-tiny-model.gguf",
                                "mmproj_file": "vision/gemma3n-tiny-mmproj.gguf"}]
-    pinned = dict(reversed(line.split()) for line in
-                  (ROOT / "lab" / "models" / "SHA256SUMS").read_text().splitlines())
+    pinned = recorded()
     assert hashlib.sha256((bundle / "vision" / "gemma3n-tiny-mmproj.gguf").read_bytes()
                           ).hexdigest() == pinned["gemma3n-tiny-mmproj.gguf"]
     assert meta["images"][0]["id"].startswith("sha256:")
@@ -238,8 +238,7 @@ def test_a_vision_file_that_does_not_match_its_pin_never_enters_the_bundle(built
     impostor.write_bytes((ROOT / "lab" / "models" / "gemma3n-tiny-mmproj.gguf").read_bytes()
                          + b"tampered")
     models = ROOT / "lab" / "models"
-    pinned = dict(reversed(line.split()) for line in
-                  (models / "SHA256SUMS").read_text().splitlines())
+    pinned = recorded()
     vision = json.dumps({"bundle_vision": [{"model": "gemma3n:tiny", "files": [
         {"kind": "model", "url": f"file://{models}/gemma3n-tiny.gguf",
          "sha256": pinned["gemma3n-tiny.gguf"]},

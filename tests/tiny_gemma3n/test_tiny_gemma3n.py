@@ -46,6 +46,7 @@ def sha256(path: Path) -> str:
 
 
 def recorded() -> dict[str, str]:
+    """lab/models/SHA256SUMS as {file name: sha256}."""
     sums = {}
     for line in (MODELS / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
