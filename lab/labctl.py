@@ -12,7 +12,8 @@ Everything the lab creates carries the label ``io.gemma-airgap.lab=<prefix>``
 (and ``io.gemma-airgap.lab.role``) so that ``down`` removes exactly what ``up``
 made for that prefix and nothing else.
 
-Usage: labctl.py {engine,images,standin,vision,model,up,down,status} (see ``--help``).
+Usage: labctl.py {engine,images,front,front-check,standin,vision,model,up,down,status}
+(see ``--help``).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ LAB_DIR = Path(__file__).resolve().parent
 STANDIN_IMAGE = "gemma-airgap-lab/ollama-standin:latest"
 VISION_IMAGE = "gemma-airgap-lab/vision:latest"
 LLAMA_WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+# The stand-in's HTTP front is Go + Gin, as Ollama's is; Debian packages both.
+FRONT_DIR = LAB_DIR / "standin" / "front"
+GO_PACKAGES = ("golang-go", "golang-github-gin-gonic-gin-dev", "golang-github-gin-contrib-cors-dev")
+GOPATH = "/usr/share/gocode"  # where Debian's golang-*-dev packages put their sources
 LAB_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
@@ -230,8 +235,12 @@ def fetch_wheels(wheels: Path, requirements: Path) -> None:
              "-r", str(requirements)])
 
 
-def build_image(config: LabConfig, tag: str, source: Path, entries: tuple[str, ...]) -> str:
-    """Build an image from `source` with no network: its wheels come from the cache."""
+def build_image(config: LabConfig, tag: str, source: Path, entries: tuple[str, ...],
+                extra: dict[str, Path] | None = None) -> str:
+    """Build an image from `source` with no network: its wheels come from the cache.
+
+    `extra` adds files made elsewhere to the build context (name -> path).
+    """
     wheels = config.cache_dir / "wheels"
     requirements = source / "requirements.txt"
     fetch_wheels(wheels, requirements)
@@ -247,6 +256,8 @@ def build_image(config: LabConfig, tag: str, source: Path, entries: tuple[str, .
                                 ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy2(src, root / entry)
+        for name, path in (extra or {}).items():
+            shutil.copy2(path, root / name)
         (root / "wheels").mkdir()
         for candidate in wheels.glob("*.whl"):
             if candidate.name.split("-")[0].lower() in wanted:
@@ -265,10 +276,48 @@ def require_llama_wheel(config: LabConfig) -> None:
                        "llama-cpp-python wheel once)")
 
 
+def debian_packages_missing(packages: tuple[str, ...]) -> list[str]:
+    missing = []
+    for package in packages:
+        found = run(["dpkg-query", "-W", "-f", "${Status}", package], check=False)
+        if "install ok installed" not in found.stdout:
+            missing.append(package)
+    return missing
+
+
+def go_env(config: LabConfig) -> dict:
+    """Go in GOPATH mode over Debian's packaged sources: no module download, ever."""
+    return dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, CGO_ENABLED="0",
+                GOPROXY="off", GOCACHE=str(config.cache_dir / "go-build"))
+
+
+def build_front(config: LabConfig) -> Path:
+    """The stand-in's Go front as a static binary in the cache (Go's own cache makes
+    a rebuild of unchanged sources take about a second)."""
+    missing = debian_packages_missing(GO_PACKAGES)
+    if missing:
+        apt_install(missing)
+    binary = config.cache_dir / "standin" / "ollama"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    run(["go", "build", "-trimpath", "-o", str(binary), "."], cwd=FRONT_DIR, env=go_env(config))
+    return binary
+
+
+def check_front(config: LabConfig) -> None:
+    """gofmt, go vet and the front's unit tests."""
+    build_front(config)
+    unformatted = run(["gofmt", "-l", "."], cwd=FRONT_DIR).stdout.strip()
+    if unformatted:
+        raise LabError(f"gofmt would change these files in {FRONT_DIR}: {unformatted}")
+    run(["go", "vet", "."], cwd=FRONT_DIR, env=go_env(config))
+    log(run(["go", "test", "-count=1", "."], cwd=FRONT_DIR, env=go_env(config)).stdout.strip())
+
+
 def build_standin(config: LabConfig) -> str:
     """The Ollama stand-in image (docker's layer cache makes a rebuild quick)."""
     require_llama_wheel(config)
-    return build_image(config, STANDIN_IMAGE, LAB_DIR / "standin", ("ollama_standin",))
+    return build_image(config, STANDIN_IMAGE, LAB_DIR / "standin", ("ollama_standin",),
+                       extra={"ollama": build_front(config)})
 
 
 def build_vision(config: LabConfig) -> str:
@@ -369,6 +418,14 @@ def cmd_images(config: LabConfig) -> None:
     ensure_base_images(config)
 
 
+def cmd_front(config: LabConfig) -> None:
+    log(f"stand-in front built: {build_front(config)}")
+
+
+def cmd_front_check(config: LabConfig) -> None:
+    check_front(config)
+
+
 def cmd_standin(config: LabConfig) -> None:
     ensure_engine()
     ensure_base_images(config)
@@ -442,6 +499,8 @@ def cmd_status(config: LabConfig) -> None:
 COMMANDS = {
     "engine": cmd_engine,
     "images": cmd_images,
+    "front": cmd_front,
+    "front-check": cmd_front_check,
     "standin": cmd_standin,
     "vision": cmd_vision,
     "model": cmd_model,

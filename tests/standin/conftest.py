@@ -49,17 +49,26 @@ def wait_listening(port: int, process: subprocess.Popen, seconds: float) -> bool
     return False
 
 
+def front_binary() -> Path:
+    """The stand-in's Go front, built (or found current) in LAB_CACHE."""
+    return labctl.build_front(labctl.LabConfig.from_env())
+
+
 class StandIn:
+    """The stand-in as the image runs it: the Go front, which starts the engine
+    (here from .venv, with the real llama.cpp)."""
+
     def __init__(self, models: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = models
         environment = {**os.environ, "OLLAMA_NUM_THREADS": "2", **env,
                        "OLLAMA_HOST": f"127.0.0.1:{self.port}",
-                       "OLLAMA_MODELS": str(models), "PYTHONPATH": str(STANDIN)}
+                       "OLLAMA_MODELS": str(models), "PYTHONPATH": str(STANDIN),
+                       "OLLAMA_STANDIN_ENGINE": f"{sys.executable} -m ollama_standin.service"}
         self.log = open(models.parent / f"standin-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ollama_standin.cli", "serve"], env=environment,
+            [str(front_binary()), "serve"], env=environment,
             stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_listening(self.port, self.process, 30):
             self.stop()

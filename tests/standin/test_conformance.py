@@ -188,7 +188,8 @@ def test_load_duration_is_reported_when_the_request_loads_the_model(client):
     cold = client.generate(model=MODEL, prompt=PROMPT, raw=True, options={"num_predict": 1})
     warm = client.generate(model=MODEL, prompt=PROMPT, raw=True, options={"num_predict": 1})
     assert cold.load_duration > 10_000_000  # a real model load: well over 10 ms
-    assert warm.load_duration == 0
+    # Ollama's load_duration is the time until the runner was ready: never 0, small when warm.
+    assert 0 < warm.load_duration < cold.load_duration / 5
 
 
 def test_keep_alive_expiry_unloads_the_model(client):
@@ -303,25 +304,32 @@ def test_stream_false_is_one_json_object(standin):
     assert obj["done"] is True and obj["message"]["role"] == "assistant"
 
 
-@pytest.mark.parametrize(("payload", "status", "fragment"), [
-    (b"{not json", 400, "invalid JSON"),
+@pytest.mark.parametrize(("payload", "status", "message"), [
+    # Go's encoding/json words a syntax error itself (server/routes.go: 400 err.Error()).
+    (b"{not json", 400, "invalid character 'n' looking for beginning of object key string"),
     (b"", 400, "missing request body"),
+    # Option types are checked when the request is scheduled: 500 (handleScheduleError).
     (json.dumps({"model": MODEL, "prompt": "x", "options": {"temperature": "hot"}}).encode(),
-     400, "option 'temperature' must be of type float"),
+     500, 'option "temperature" must be of type float32'),
     (json.dumps({"model": MODEL, "prompt": "x", "keep_alive": "soon"}).encode(),
-     400, "invalid duration"),
+     400, 'time: invalid duration "soon"'),
     (json.dumps({"model": "bad name!", "prompt": "x"}).encode(), 400, "invalid model name"),
-    (json.dumps({"prompt": "x"}).encode(), 400, "model is required"),
+    (json.dumps({"prompt": "x"}).encode(), 404, "model '' not found"),
+    # Ollama names the type api.ImageData; the stand-in's package is main.
+    (json.dumps({"model": MODEL, "prompt": "x", "images": 5}).encode(), 400,
+     "json: cannot unmarshal number into Go struct field GenerateRequest.images of type []"),
 ])
-def test_bad_requests_get_a_4xx_with_a_reason(standin, payload, status, fragment):
+def test_bad_requests_get_a_4xx_with_a_reason(standin, payload, status, message):
     got, headers, body = raw(standin, "POST", "/api/generate", data=payload)
     assert got == status
     assert headers["Content-Type"].startswith("application/json")
-    assert fragment in json.loads(body)["error"]
+    assert json.loads(body)["error"].startswith(message)
 
 
-def test_unknown_route_is_404(standin):
-    assert raw(standin, "GET", "/api/nothing")[0] == 404
+def test_unknown_route_is_gins_404(standin):
+    status, headers, body = raw(standin, "GET", "/api/nothing")
+    assert (status, body) == (404, b"404 page not found")
+    assert headers["Content-Type"] == "text/plain"
 
 
 # --- concurrency: NUM_PARALLEL and MAX_QUEUE ------------------------------------------------

@@ -1,13 +1,16 @@
-"""The Ollama stand-in's pure parts: names, durations, options, templates, store."""
+"""The Ollama stand-in engine's pure parts: names, the store, GGUF reading.
+
+Durations, options, templates and OLLAMA_HOST belong to the Go front; their
+unit tests are lab/standin/front/front_test.go (run by `make unit`).
+"""
 
 import hashlib
 import json
+import os
 
 import pytest
 
-from ollama_standin import options, store
-from ollama_standin.server import parse_host
-from tests.standin.conftest import GEMMA_TEMPLATE
+from ollama_standin import gguf, service, store
 
 
 @pytest.mark.parametrize(("raw", "expected", "display"), [
@@ -26,52 +29,6 @@ def test_model_names_follow_ollama_defaults(raw, expected, display):
 def test_bad_model_names_are_refused(raw):
     with pytest.raises(store.InvalidName):
         store.ModelName.parse(raw)
-
-
-@pytest.mark.parametrize(("raw", "seconds"), [
-    ("5m", 300.0), ("1h30m", 5400.0), ("0", 0.0), (0, 0.0), ("-1", None), (-1, None),
-    (90, 90.0), ("2.5s", 2.5), ("250ms", 0.25),
-])
-def test_keep_alive_parses_like_ollama(raw, seconds):
-    assert options.parse_keep_alive(raw) == seconds
-
-
-@pytest.mark.parametrize("raw", ["soon", "5 minutes", True, [1]])
-def test_bad_keep_alive_is_an_option_error(raw):
-    with pytest.raises(options.OptionError):
-        options.parse_keep_alive(raw)
-
-
-def test_options_layer_defaults_model_then_request():
-    merged = options.merge_options(2048, {"temperature": 0.1, "stop": "<end>"},
-                                   {"temperature": 1, "num_predict": 5.0, "unknown": 1})
-    assert merged["num_ctx"] == 2048
-    assert merged["temperature"] == 1.0 and isinstance(merged["temperature"], float)
-    assert merged["num_predict"] == 5 and isinstance(merged["num_predict"], int)
-    assert merged["stop"] == ["<end>"]
-    assert "unknown" not in merged
-    with pytest.raises(options.OptionError, match="num_predict"):
-        options.merge_options(2048, {"num_predict": 1.5})
-
-
-def test_gemma_template_renders_turns_like_ollamas_gemma3_template():
-    text = options.render(GEMMA_TEMPLATE, [
-        {"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-        {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"}])
-    assert text == ("<start_of_turn>user\nS<end_of_turn>\n<start_of_turn>user\nU<end_of_turn>\n"
-                    "<start_of_turn>model\nA<end_of_turn>\n"
-                    "<start_of_turn>user\nV<end_of_turn>\n<start_of_turn>model\n")
-    with pytest.raises(options.TemplateError):
-        options.render("{{ .System }} ### {{ .Prompt }}", [{"role": "user", "content": "x"}])
-
-
-@pytest.mark.parametrize(("raw", "expected"), [
-    (None, ("127.0.0.1", 11434)), ("0.0.0.0:11434", ("0.0.0.0", 11434)),
-    ("http://10.0.0.5:8080/", ("10.0.0.5", 8080)), ("example", ("example", 11434)),
-    ("[::1]:9000", ("::1", 9000)), (":7000", ("127.0.0.1", 7000)),
-])
-def test_ollama_host_parsing(raw, expected):
-    assert parse_host(raw) == expected
 
 
 def test_store_writes_verified_blobs_and_atomic_manifests(tmp_path):
@@ -104,3 +61,35 @@ def test_manifest_refuses_layers_missing_from_the_store(tmp_path):
     with pytest.raises(store.StoreError, match="missing"):
         models.write_manifest(store.ModelName.parse("m"), {"digest": "sha256:" + "0" * 64},
                               [])
+
+
+def test_start_up_prune_leaves_young_blobs_alone_as_ollama_does(tmp_path):
+    """server/images.go PruneLayers skips blobs modified within the grace period."""
+    models = store.Store(tmp_path)
+    young = models.write_blob_bytes(b"young and unreferenced")
+    old = models.write_blob_bytes(b"old and unreferenced")
+    old_path = models.blob_path(old["digest"])
+    hour_ago = old_path.stat().st_mtime - 2 * service.PRUNE_GRACE_SECONDS
+    os.utime(old_path, (hour_ago, hour_ago))
+    removed = models.prune(grace_seconds=service.PRUNE_GRACE_SECONDS)
+    assert removed == [old_path.name]
+    assert models.has_blob(young["digest"])
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("", False), ("0", False), ("false", False), ("F", False),
+    ("1", True), ("true", True), ("yes", True), ("anything", True),
+])
+def test_boolean_environment_reads_like_ollamas_envconfig(raw, expected):
+    """envconfig.Bool: what strconv.ParseBool cannot read counts as true."""
+    assert service.env_bool({"OLLAMA_NOPRUNE": raw}, "OLLAMA_NOPRUNE") is expected
+
+
+def test_kv_cache_size_comes_from_the_model_metadata():
+    info = gguf.GGUFInfo(version=3, metadata={
+        "general.architecture": "gemma3", "gemma3.block_count": 18,
+        "gemma3.attention.head_count": 4, "gemma3.attention.head_count_kv": 1,
+        "gemma3.embedding_length": 640, "gemma3.attention.key_length": 256,
+        "gemma3.attention.value_length": 256})
+    assert info.kv_bytes_per_token() == 18 * 2 * 1 * (256 + 256)
+    assert gguf.GGUFInfo(version=3).kv_bytes_per_token() == 0

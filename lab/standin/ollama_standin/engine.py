@@ -42,8 +42,9 @@ class ModelRef:
     name: str           # display name, e.g. gemma3:270m
     digest: str         # manifest digest (hex)
     path: str           # GGUF blob path
-    size: int           # bytes of the model's layers
+    size: int           # bytes of the weights
     details: dict
+    kv_bytes_per_token: int = 0  # f16 K and V of every layer, for one token
 
 
 @dataclass
@@ -56,6 +57,11 @@ class Loaded:
     keep_alive: float | None = 300.0
     last_used: float = field(default_factory=time.monotonic)
     active: int = 0
+
+    @property
+    def memory(self) -> int:
+        """What /api/ps reports as size: the weights plus every slot's KV cache."""
+        return self.ref.size + self.ref.kv_bytes_per_token * self.num_ctx * len(self.slots)
 
     def expires_at(self) -> float | None:
         """Wall-clock expiry time, None for forever."""
@@ -133,12 +139,10 @@ class Slot:
 
 class Scheduler:
     def __init__(self, num_parallel: int = 1, max_queue: int = 512,
-                 max_loaded: int = 3, default_keep_alive: float | None = 300.0,
-                 loader=_load_llama) -> None:
+                 max_loaded: int = 3, loader=_load_llama) -> None:
         self.num_parallel = max(1, num_parallel)
         self.max_queue = max_queue
         self.max_loaded = max(1, max_loaded)
-        self.default_keep_alive = default_keep_alive
         self._loader = loader
         self._cond = threading.Condition()
         self._loaded: dict[str, Loaded] = {}

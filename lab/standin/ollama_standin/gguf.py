@@ -32,11 +32,22 @@ class GGUFError(ValueError):
     """The file is not a GGUF file we can read."""
 
 
+# ggml's tensor type ids, as Ollama names them in /api/show "tensors".
+TENSOR_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
+    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+}
+
+
 @dataclass
 class GGUFInfo:
     version: int
     metadata: dict = field(default_factory=dict)
     parameter_count: int = 0
+    tensors: list = field(default_factory=list)
 
     @property
     def architecture(self) -> str:
@@ -59,6 +70,20 @@ class GGUFInfo:
     @property
     def parameter_size(self) -> str:
         return human_count(self.parameter_count)
+
+    def kv_bytes_per_token(self) -> int:
+        """f16 K and V bytes one token takes in every layer (0 when the metadata is silent)."""
+        arch, meta = self.architecture, self.metadata
+        layers = meta.get(f"{arch}.block_count")
+        heads = meta.get(f"{arch}.attention.head_count")
+        kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+        embedding = meta.get(f"{arch}.embedding_length")
+        if not layers or not heads or kv_heads is None or not embedding:
+            return 0
+        key = meta.get(f"{arch}.attention.key_length") or embedding // heads
+        value = meta.get(f"{arch}.attention.value_length") or embedding // heads
+        per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers
+        return sum(2 * count * (key + value) for count in per_layer[:layers])
 
 
 def human_count(count: int) -> str:
@@ -90,7 +115,7 @@ def _string(stream: BinaryIO) -> str:
     return _read(stream, length).decode("utf-8", errors="replace")
 
 
-def _value(stream: BinaryIO, kind: int):
+def _value(stream: BinaryIO, kind: int, keep_arrays: int | None):
     if kind in _SCALARS:
         return _unpack(stream, _SCALARS[kind])
     if kind == _STRING:
@@ -98,19 +123,23 @@ def _value(stream: BinaryIO, kind: int):
     if kind == _ARRAY:
         item_kind = _unpack(stream, "<I")
         count = _unpack(stream, "<Q")
-        if count <= _KEEP_ARRAY:
-            return [_value(stream, item_kind) for _ in range(count)]
+        if keep_arrays is None or count <= keep_arrays:
+            return [_value(stream, item_kind, keep_arrays) for _ in range(count)]
         if item_kind in _SCALARS:
             stream.seek(struct.calcsize(_SCALARS[item_kind]) * count, 1)
         else:
             for _ in range(count):
-                _value(stream, item_kind)
-        return None
+                _value(stream, item_kind, 0)
+        return []  # as Ollama's /api/show empties arrays longer than it shows
     raise GGUFError(f"unknown GGUF value type {kind}")
 
 
-def read_gguf(path) -> GGUFInfo:
-    """Parse the header, metadata and tensor shapes of a GGUF file."""
+def read_gguf(path, keep_arrays: int | None = _KEEP_ARRAY, tensors: bool = False) -> GGUFInfo:
+    """Parse the header, metadata and tensor shapes of a GGUF file.
+
+    Arrays longer than `keep_arrays` come back empty (None keeps them all);
+    `tensors` also lists each tensor's name, type and shape.
+    """
     with open(path, "rb") as stream:
         if stream.read(4) != MAGIC:
             raise GGUFError(f"{path} is not a GGUF file (bad magic)")
@@ -122,14 +151,18 @@ def read_gguf(path) -> GGUFInfo:
         info = GGUFInfo(version=version)
         for _ in range(kv_count):
             key = _string(stream)
-            info.metadata[key] = _value(stream, _unpack(stream, "<I"))
+            info.metadata[key] = _value(stream, _unpack(stream, "<I"), keep_arrays)
         for _ in range(tensor_count):
-            _string(stream)
+            name = _string(stream)
             dims = _unpack(stream, "<I")
-            elements = 1
-            for _ in range(dims):
-                elements *= _unpack(stream, "<Q")
-            _unpack(stream, "<I")  # tensor type
+            shape = [_unpack(stream, "<Q") for _ in range(dims)]
+            kind = _unpack(stream, "<I")
             _unpack(stream, "<Q")  # offset
+            elements = 1
+            for size in shape:
+                elements *= size
             info.parameter_count += elements
+            if tensors:
+                info.tensors.append({"name": name, "type": TENSOR_TYPES.get(kind, str(kind)),
+                                     "shape": shape})
     return info

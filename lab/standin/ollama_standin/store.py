@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,12 +231,19 @@ class Store:
                     referenced.add(parse_digest(entry["digest"]))
         return referenced
 
-    def prune(self) -> list[str]:
-        """Delete blobs (and partial downloads) that no manifest references."""
+    def prune(self, grace_seconds: float = 0) -> list[str]:
+        """Delete blobs (and partial downloads) that no manifest references.
+
+        A blob modified less than `grace_seconds` ago is left alone, as Ollama's
+        start-up prune leaves blobs younger than an hour.
+        """
         keep = self.referenced_digests()
         removed = []
+        now = time.time()
         for path in self.blobs.iterdir():
             name = path.name
+            if grace_seconds and now - path.stat().st_mtime < grace_seconds:
+                continue
             hex_part = name[len("sha256-"):] if name.startswith("sha256-") else ""
             if hex_part not in keep:
                 path.unlink()
