@@ -52,7 +52,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production
 
+# The stand-in's Go front first (gofmt, go vet, go test; built from Debian's Go packages).
 unit: setup
+	$(BIN)/python lab/labctl.py front-check
 	$(BIN)/pytest -m 'not lab and not e2e' tests
 
 lab-up: setup

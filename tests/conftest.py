@@ -1,7 +1,7 @@
 """Shared test setup.
 
 Makes the project's Python importable the way Ansible and the lab see it:
-lab/ and the stand-in as top-level modules, library/ modules by name, and
+lab/ and the stand-in as top-level modules, library/ modules and filter_plugins/ by name, and
 module_utils/ under ``ansible.module_utils`` (as Ansible ships them to a host).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import ansible.module_utils
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("lab", "lab/standin", "library", "gateway"):
+for sub in ("lab", "lab/standin", "library", "filter_plugins", "gateway"):
     path = str(ROOT / sub)
     if path not in sys.path:
         sys.path.insert(0, path)

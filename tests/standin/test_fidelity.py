@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ollama_options import ollama_option_problems
 from ollama_standin.gguf import TENSOR_TYPES
 
 from .conftest import MODEL, StandIn
@@ -79,6 +80,8 @@ def test_a_stored_parameter_of_the_wrong_type_fails_every_request(standin, param
     status, _h, body = request(standin, "POST", "/api/create", {
         "model": name, "from": MODEL, "parameters": parameters, "stream": False})
     assert status == 200, body  # /api/create stores parameters unchecked
+    # prepare's preflight refuses it beforehand, in Ollama's words.
+    assert message in ollama_option_problems(parameters)
     try:
         for path, payload in (
                 ("/api/generate", {"model": name, "prompt": "hi"}),
