@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from ollama_options import ollama_option_problems
 from ollama_standin.gguf import TENSOR_TYPES
 
-from .conftest import MODEL, StandIn
+from .conftest import MODEL, StandIn, import_lab_model
 
 
 def request(standin, method: str, path: str, body=None, headers: dict | None = None,
@@ -298,5 +301,33 @@ def test_status_reports_whether_cloud_features_are_off(tmp_path):
     try:
         _s, _h, body = request(server, "GET", "/api/status")
         assert json.loads(body) == {"cloud": {"disabled": True, "source": "env"}}
+    finally:
+        server.stop()
+
+
+def engine_pid(server: StandIn) -> int:
+    """The engine process the front started (its only child)."""
+    children = []
+    for task in (Path("/proc") / str(server.process.pid) / "task").iterdir():
+        children += (task / "children").read_text().split()
+    [pid] = children
+    return int(pid)
+
+
+def test_a_stream_that_breaks_after_it_began_ends_with_an_error_line(tmp_path):
+    server = StandIn(tmp_path / "models")
+    try:
+        import_lab_model(server.client())
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        connection.request("POST", "/api/generate", body=json.dumps({
+            "model": MODEL, "prompt": "Once upon a time", "raw": True,
+            "options": {"num_predict": 2000, "stop": []}}).encode())
+        response = connection.getresponse()
+        assert response.status == 200
+        first = json.loads(response.readline())
+        assert first["done"] is False
+        os.kill(engine_pid(server), signal.SIGKILL)  # the runner dies mid-answer
+        lines = [json.loads(line) for line in response.read().splitlines() if line]
+        assert "error" in lines[-1] and not any(line.get("done") for line in lines)
     finally:
         server.stop()
