@@ -93,3 +93,19 @@ def test_kv_cache_size_comes_from_the_model_metadata():
         "gemma3.attention.value_length": 256})
     assert info.kv_bytes_per_token() == 18 * 2 * 1 * (256 + 256)
     assert gguf.GGUFInfo(version=3).kv_bytes_per_token() == 0
+
+
+def test_deleting_a_model_removes_only_the_layers_no_other_model_uses(tmp_path):
+    """manifest/manifest.go RemoveLayers, which Ollama runs on every delete."""
+    models = store.Store(tmp_path)
+    shared = models.write_blob_bytes(b"shared weights")
+    own = models.write_blob_bytes(b"a system prompt")
+    config = models.write_blob_bytes(b"{}")
+    layer = {"mediaType": store.MEDIA_MODEL, **shared}
+    first, second = store.ModelName.parse("lab/a:v1"), store.ModelName.parse("lab/b:v1")
+    manifest = models.write_manifest(first, config, [layer, {"mediaType": store.MEDIA_SYSTEM,
+                                                              **own}])
+    models.write_manifest(second, config, [layer])
+    models.delete_manifest(first)
+    assert models.remove_layers(manifest) == ["sha256-" + own["digest"][7:]]
+    assert models.has_blob(shared["digest"]) and models.has_blob(config["digest"])

@@ -338,14 +338,17 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {})
 
     def do_delete(self) -> None:
+        """The manifest, then its layers no other manifest uses (Ollama's RemoveLayers,
+        whatever OLLAMA_NOPRUNE says: that only concerns the prune at start)."""
         name = lookup_name(self.json_body().get("model"))
-        self.backend.scheduler.unload(name.display)
+        store = self.backend.store
         try:
-            self.backend.store.delete_manifest(name)
+            manifest = store.read_manifest(name)
         except NotFound:
             raise Refusal(404, "not found", "not_found") from None
-        if not self.backend.settings.noprune:
-            self.backend.store.prune()
+        self.backend.scheduler.unload(name.display)
+        store.delete_manifest(name)
+        store.remove_layers(manifest)
         self.send_json(200, {})
 
     def do_create(self) -> None:

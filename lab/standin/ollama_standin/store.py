@@ -231,6 +231,18 @@ class Store:
                     referenced.add(parse_digest(entry["digest"]))
         return referenced
 
+    def remove_layers(self, manifest: dict) -> list[str]:
+        """Delete the blobs of a removed manifest that no remaining manifest references."""
+        keep = self.referenced_digests()
+        removed = []
+        for entry in [manifest.get("config", {}), *manifest.get("layers", [])]:
+            hex_digest = parse_digest(entry.get("digest", ""))
+            path = self.blobs / f"sha256-{hex_digest}"
+            if hex_digest not in keep and path.exists():
+                path.unlink()
+                removed.append(path.name)
+        return removed
+
     def prune(self, grace_seconds: float = 0) -> list[str]:
         """Delete blobs (and partial downloads) that no manifest references.
 
