@@ -34,7 +34,7 @@ ROLE_LABEL = "io.gemma-airgap.lab.role"
 MIRROR = "http://deb.debian.org/debian"
 
 # The kernel here withholds CAP_SYS_RESOURCE, so --privileged fails. This is
-# every other capability systemd and a nested dockerd need (FACTS.md section 1).
+# every other capability systemd and a nested dockerd need.
 TARGET_CAPABILITIES = (
     "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
     "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK "

@@ -1,6 +1,6 @@
 """Ollama requests with images, answered by an OpenAI-compatible vision backend.
 
-Ollama serves gemma3n without its vision tower (FACTS.md §3), so for a model
+Ollama serves gemma3n without its vision tower (its converter drops it), so for a model
 configured with a vision backend (llama.cpp's ``llama-server --mmproj``) the
 gateway translates ``/api/chat`` and ``/api/generate`` into
 ``/v1/chat/completions`` with data-URI images, and translates the answer back:

@@ -4,7 +4,7 @@
 #
 #   lab/tiny_gemma3n/toolvenv.sh [DIR]      (default /var/cache/gemma-airgap/tiny)
 #
-# Traps met here (FACTS.md §2): timm pulls torchvision, and the torchvision that pip
+# Traps met here: timm pulls torchvision, and the torchvision that pip
 # finds beside the CPU torch is a CUDA build whose import fails ("operator
 # torchvision::nms does not exist"); its two fake-kernel registrations are made
 # conditional. sentencepiece 0.2.0, because newer ones need protobuf >= 5 and the
