@@ -11,12 +11,12 @@ DOCUMENTATION = r"""
 module: ollama_probe
 short_description: Send test prompts to an Ollama model and measure the answers
 description:
-  - C(text) sends one prompt with C("stream": false) and checks for a complete answer.
+  - 'C(text) sends one prompt with C("stream": false) and checks for a complete answer.'
   - C(stream) sends one streaming prompt and checks the NDJSON framing (pieces, then one
     final object with C(done)); measures time to first token and tokens per second.
   - C(image) sends a chat message with O(image) when the model has the C(vision)
-    capability, and is skipped with its reason otherwise (Ollama's gemma3n is text only:
-    images for it go to the vision service through the gateway).
+    capability, and is skipped with its reason otherwise (Ollama's gemma3n is text only,
+    so images for it go to the vision service through the gateway).
   - Returns Ollama's own figures too (load, prompt and generation durations).
   - Sends prompts but changes nothing on the server (C(changed) is always false).
 version_added: "0.1.0"
@@ -45,7 +45,7 @@ options:
     type: path
   image_model:
     description:
-      - The model the image probe asks (default O(model)): through the gateway, the model
+      - The model the image probe asks (default O(model)). Through the gateway, the model
         that has a vision backend; the gateway's C(/api/show) then reports C(vision) for it.
     type: str
   num_predict:

@@ -11,16 +11,25 @@ DOCUMENTATION = r"""
 module: ollama_store
 short_description: Copy named Ollama models from one on-disk store to another, verified
 description:
-  - Copies the manifests and blobs of the named models from the Ollama store at
-    O(src) (an C(OLLAMA_MODELS) directory: C(manifests/) and C(blobs/)) to the
+  - "Copies the manifests and blobs of the named models from the Ollama store at
+    O(src) (an C(OLLAMA_MODELS) directory, with C(manifests/) and C(blobs/)) to the
     store at O(dest). Used to export models from a staging Ollama into a bundle,
-    and to import them from the bundle into a target's store.
+    and to import them from the bundle into a target's store."
   - Every blob is hashed while it is copied and renamed into place only if its
     digest matches its name, so a corrupt blob in O(src) fails the task naming the
     blob and its model, and nothing half-written ever appears in O(dest).
   - A model's manifest is written last, after all its blobs, so Ollama sees a
-    model only when it is complete. Blobs already in O(dest) with the right size
-    are not copied again (they were verified when written).
+    model only when it is complete.
+  - A blob already in O(dest) is kept only when its content hashes to its name; any
+    other (truncated, same size but corrupt, not a regular file) is replaced from
+    O(src) and reported in RV(repaired_blobs). The O(src) blob it stands for is
+    verified too, so a source whose blob file is named for another digest is refused
+    even when O(dest) already holds that model.
+  - Digests of verified blobs are kept in O(hash_cache), keyed by path, inode, size,
+    modification and change time (ns); a blob whose stat changed in any way is hashed
+    again, so an unchanged re-run reads no blob.
+  - Model names and manifests are checked before use; a name with a C(..) part or a
+    malformed manifest fails naming it.
   - Stdlib only, so it runs on closed-network targets.
 version_added: "0.1.0"
 author: gemma-airgap
@@ -43,6 +52,12 @@ options:
   owner:
     description: Owner (numeric or name) of what is written; unchanged if unset.
     type: str
+  hash_cache:
+    description:
+      - The JSON file that keeps digests of verified blobs (written atomically).
+      - Default C(.<name>.hashcache.json) beside O(dest), never inside a store. Set it
+        when O(dest) is inside a bundle, so the cache stays out of the bundle.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -54,6 +69,7 @@ requirements:
   - Python standard library only.
 seealso:
   - module: bundle_manifest
+  - module: bundle_consistency
 """
 
 EXAMPLES = r"""
@@ -62,6 +78,7 @@ EXAMPLES = r"""
     src: /srv/staging/ollama
     dest: /srv/bundles/2026.11.25-1/models
     models: [gemma3n:e4b, gemma3n:e2b]
+    hash_cache: /srv/bundles/.staging/2026.11.25-1.models.hashcache.json
 
 - name: Import every model of the bundle into the target's store
   ollama_store:
@@ -90,66 +107,113 @@ copied_bytes:
   returned: always
   type: int
   sample: 0
+repaired_blobs:
+  description: Blobs that were in O(dest) but wrong, replaced (or, in check mode, to be replaced).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {digest: "sha256:ab12...", model: "gemma3n:e4b", reason: "content hashes to sha256:9f3c..."}
+hashed_bytes:
+  description: Bytes read to verify blobs already in place (0 on an unchanged re-run).
+  returned: always
+  type: int
+  sample: 0
 """
 
 import hashlib
 import json
 import os
 import pwd
-import re
+import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.gemma_airgap_files import (
     ChecksumMismatch,
+    UnsafeFile,
     copy_verified,
+    read_regular,
+    sha256_file,
     write_atomic,
 )
+from ansible.module_utils.gemma_airgap_ollama import (
+    MANIFEST_LIMIT,
+    blob_name,
+    display_name,
+    manifest_entries,
+    manifest_path,
+    parse_name,
+)
 
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
-PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
-DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 TMP = ".gemma-airgap-partial"
+CACHE_LIMIT = 64 * 1024 * 1024
 
 
 class StoreError(Exception):
     pass
 
 
-def parse_name(raw):
-    """(host, namespace, model, tag) of an Ollama model name, with Ollama's defaults."""
-    name, tag = raw, DEFAULT_TAG
-    if ":" in raw.rsplit("/", 1)[-1]:
-        name, tag = raw.rsplit(":", 1)
-    parts = name.split("/")
-    if not 1 <= len(parts) <= 3:
-        raise StoreError("invalid model name %r" % raw)
-    model = parts[-1]
-    namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
-    host = parts[-3] if len(parts) == 3 else DEFAULT_HOST
-    for part in (namespace, model, tag):
-        if not PART.match(part):
-            raise StoreError("invalid model name %r" % raw)
-    return host, namespace, model, tag
+class HashCache(object):
+    """Digests of blobs, trusted only while the file's stat is exactly what it was.
+
+    Keyed by absolute path with inode, size, mtime_ns and ctime_ns: a rewrite, a
+    truncation or a replacement changes one of them and the blob is hashed again;
+    ctime also catches a rewrite whose mtime was set back (utime cannot set ctime).
+    The file lives beside the store, not in it: the store is Ollama's tree.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.known = self._load(path)
+        self.fresh = {}  # what this run found: the next run's cache
+        self.hashed_bytes = 0
+
+    @staticmethod
+    def _load(path):
+        try:
+            data = json.loads(read_regular(path, CACHE_LIMIT).decode("utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return dict((k, v) for k, v in data.items() if isinstance(v, list) and len(v) == 5)
+
+    @staticmethod
+    def stamp(path):
+        info = os.lstat(path)
+        return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+    def digest(self, path):
+        """Hex sha256 of the regular file at path: from the cache while its stat holds."""
+        path = os.path.abspath(path)
+        before = self.stamp(path)
+        entry = self.known.get(path)
+        if entry and entry[:4] == before:
+            self.fresh[path] = entry
+            return entry[4]
+        actual = sha256_file(path)
+        self.hashed_bytes += before[1]
+        # A file that changed while it was read is not remembered.
+        if self.stamp(path) == before:
+            self.fresh[path] = [*before, actual]
+        return actual
+
+    def remember(self, path, stamp, digest):
+        self.fresh[os.path.abspath(path)] = [*stamp, digest]
+
+    def save(self):
+        """Keep what this run found (and only that), when it differs from the file."""
+        if self.fresh != self.known:
+            write_atomic(self.path, json.dumps(self.fresh, sort_keys=True).encode("utf-8"))
 
 
-def display_name(parts):
-    host, namespace, model, tag = parts
-    prefix = ""
-    if host != DEFAULT_HOST:
-        prefix = "%s/%s/" % (host, namespace)
-    elif namespace != DEFAULT_NAMESPACE:
-        prefix = "%s/" % namespace
-    return "%s%s:%s" % (prefix, model, tag)
-
-
-def manifest_path(store, parts):
-    return os.path.join(store, "manifests", *parts)
+def default_cache(dest):
+    dest = os.path.abspath(dest)
+    return os.path.join(os.path.dirname(dest), ".%s.hashcache.json" % os.path.basename(dest))
 
 
 def store_models(store):
-    """Every model name in a store."""
+    """Every model name in a store (as found: checked when it is read)."""
     root = os.path.join(store, "manifests")
     found = []
     for directory, _dirs, files in os.walk(root):
@@ -162,59 +226,133 @@ def store_models(store):
 
 
 def read_manifest(store, name):
-    parts = parse_name(name)
+    try:
+        parts = parse_name(name)
+    except ValueError as error:
+        raise StoreError("%s: a name part is letters, digits, '.', '_' and '-', starting "
+                         "with a letter or digit (never '..')" % error) from None
     path = manifest_path(store, parts)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except (IOError, OSError):
+        raw = read_regular(path, MANIFEST_LIMIT)
+        entries = manifest_entries(raw)
+    except UnsafeFile as error:
+        raise StoreError("manifest of %r is refused: %s" % (name, error)) from None
+    except OSError:
         available = ", ".join(store_models(store)) or "none"
         raise StoreError("model %r is not in the store at %s (models there: %s)"
                          % (name, store, available)) from None
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-        entries = [manifest["config"], *manifest["layers"]]
-        for entry in entries:
-            if not DIGEST.match(entry.get("digest", "")):
-                raise ValueError("bad digest %r" % entry.get("digest"))
-            int(entry["size"])
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         raise StoreError("manifest of %r at %s is not a valid Ollama manifest: %s"
                          % (name, path, error)) from None
     return parts, raw, entries
 
 
 def blob_path(store, digest):
-    return os.path.join(store, "blobs", "sha256-" + DIGEST.match(digest).group(1))
+    return os.path.join(store, "blobs", blob_name(digest))
 
 
-def plan(src, dest, names):
-    """What to copy: [(name, parts, manifest bytes, entries, missing entries, manifest stale)]."""
-    result = []
+def check_source(src, entry, name):
+    """Fail unless the source blob is a regular file of the manifest's size."""
+    source = blob_path(src, entry["digest"])
+    try:
+        info = os.lstat(source)
+    except FileNotFoundError:
+        raise StoreError("blob %s of model %r is missing from %s"
+                         % (entry["digest"], name, src)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError("blob %s of model %r in %s is not a regular file (a symlink?): "
+                         "the store is damaged or forged" % (entry["digest"], name, src))
+    if info.st_size != entry["size"]:
+        raise StoreError("blob %s of model %r has %d bytes, its manifest says %d: "
+                         "the store is corrupt or a copy was cut short"
+                         % (entry["digest"], name, info.st_size, entry["size"]))
+
+
+def dest_problem(dest, entry, cache):
+    """Why the blob in dest cannot stand for entry, or None when it can."""
+    target = blob_path(dest, entry["digest"])
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return "missing"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size != entry["size"]:
+        return "has %d bytes, not %d" % (info.st_size, entry["size"])
+    actual = cache.digest(target)
+    if actual != entry["digest"][7:]:
+        return "content hashes to sha256:%s" % actual
+    return None
+
+
+def verify_source(src, entry, name, cache):
+    """Refuse a source blob named for another digest, even when dest needs no copy."""
+    actual = cache.digest(blob_path(src, entry["digest"]))
+    if actual != entry["digest"][7:]:
+        raise StoreError("blob %s of model %r is corrupt: its content in %s hashes to sha256:%s"
+                         " (the file is named for another digest). The store or release is "
+                         "corrupt or forged: re-make or re-copy it; nothing was written."
+                         % (entry["digest"], name, src, actual))
+
+
+def plan(src, dest, names, cache):
+    """What to copy: [(name, parts, manifest bytes, entries, missing entries, manifest stale)],
+    and the blobs in dest that are wrong. Reads only; every source blob is checked first."""
+    result, repaired, checked = [], [], {}
     for name in names:
         parts, raw, entries = read_manifest(src, name)
         missing = []
         for entry in entries:
-            target = blob_path(dest, entry["digest"])
-            if not (os.path.isfile(target) and os.path.getsize(target) == int(entry["size"])):
+            digest = entry["digest"]
+            if digest not in checked:
+                check_source(src, entry, name)
+                checked[digest] = dest_problem(dest, entry, cache)
+                if checked[digest] is None:
+                    verify_source(src, entry, name, cache)
+                elif checked[digest] != "missing":
+                    repaired.append({"digest": digest, "model": name,
+                                     "reason": checked[digest]})
+            if checked[digest] is not None:
                 missing.append(entry)
         current = manifest_path(dest, parts)
         try:
-            with open(current, "rb") as handle:
-                stale = handle.read() != raw
-        except (IOError, OSError):
+            stale = read_regular(current, MANIFEST_LIMIT) != raw
+        except (OSError, ValueError):
             stale = True
         result.append((name, parts, raw, entries, missing, stale))
-    return result
+    return result, repaired
+
+
+def copy_blob(src, dest, entry, name, cache, uid):
+    """Copy one blob, verified in the same read; remember both files' digests.
+
+    The copy gets its owner before its stat is taken: a later chown would change its
+    ctime and cost a needless hash on the next run.
+    """
+    source, target = blob_path(src, entry["digest"]), blob_path(dest, entry["digest"])
+    before = cache.stamp(source)
+    try:
+        copied = copy_verified(source, target, entry["digest"][7:],
+                               tmp_dir=os.path.join(dest, TMP))
+    except ChecksumMismatch as error:
+        raise StoreError("blob %s of model %r is corrupt: its content hashes to "
+                         "sha256:%s" % (entry["digest"], name, error.actual)) from None
+    if uid is not None:
+        os.lchown(target, uid, -1)
+    if cache.stamp(source) == before:
+        cache.remember(source, before, entry["digest"][7:])
+    cache.remember(target, cache.stamp(target), entry["digest"][7:])
+    return copied
 
 
 def chown_tree(path, uid):
+    """Give uid what it does not own yet (a chown of the rest would only touch ctimes)."""
     if uid is None:
         return
     for directory, dirs, files in os.walk(path):
-        os.chown(directory, uid, -1)
-        for name in dirs + files:
-            os.lchown(os.path.join(directory, name), uid, -1)
+        for target in [directory] + [os.path.join(directory, n) for n in dirs + files]:
+            if os.lstat(target).st_uid != uid:
+                os.lchown(target, uid, -1)
 
 
 def resolve_owner(owner):
@@ -225,15 +363,16 @@ def resolve_owner(owner):
     return pwd.getpwnam(owner).pw_uid
 
 
-def run(src, dest, names, check_mode, uid=None):
+def run(src, dest, names, check_mode, uid=None, cache_path=None):
     if not os.path.isdir(os.path.join(src, "manifests")):
         raise StoreError("%s is not an Ollama store (no manifests/ directory)" % src)
     names = names or store_models(src)
     if not names:
         raise StoreError("the store at %s holds no models" % src)
-    work = plan(src, dest, names)
+    cache = HashCache(cache_path or default_cache(dest))
+    work, repaired = plan(src, dest, names, cache)
     copied_blobs = copied_bytes = 0
-    changed = False
+    changed = bool(repaired)
     models = []
     seen = set()
     for name, parts, raw, entries, missing, stale in work:
@@ -242,22 +381,7 @@ def run(src, dest, names, check_mode, uid=None):
             if check_mode or entry["digest"] in seen:
                 continue
             seen.add(entry["digest"])
-            source = blob_path(src, entry["digest"])
-            if not os.path.isfile(source):
-                raise StoreError("blob %s of model %r is missing from %s"
-                                 % (entry["digest"], name, src))
-            if os.path.getsize(source) != int(entry["size"]):
-                raise StoreError("blob %s of model %r has %d bytes, its manifest says %d: "
-                                 "the store is corrupt or a copy was cut short"
-                                 % (entry["digest"], name, os.path.getsize(source),
-                                    int(entry["size"])))
-            target = blob_path(dest, entry["digest"])
-            try:
-                copied_bytes += copy_verified(source, target, entry["digest"][7:],
-                                              tmp_dir=os.path.join(dest, TMP))
-            except ChecksumMismatch as error:
-                raise StoreError("blob %s of model %r is corrupt: its content hashes to "
-                                 "sha256:%s" % (entry["digest"], name, error.actual)) from None
+            copied_bytes += copy_blob(src, dest, entry, name, cache, uid)
             copied_blobs += 1
         if stale:
             changed = True
@@ -266,7 +390,7 @@ def run(src, dest, names, check_mode, uid=None):
         models.append({
             "name": display_name(parts),
             "manifest_digest": hashlib.sha256(raw).hexdigest(),
-            "size": sum(int(e["size"]) for e in entries),
+            "size": sum(e["size"] for e in entries),
             "layers": len(entries) - 1,
         })
     if not check_mode:
@@ -275,8 +399,10 @@ def run(src, dest, names, check_mode, uid=None):
             os.rmdir(tmp)
         if changed:
             chown_tree(dest, uid)
+        cache.save()
     return {"changed": changed, "models": models, "copied_blobs": copied_blobs,
-            "copied_bytes": copied_bytes}
+            "copied_bytes": copied_bytes, "repaired_blobs": repaired,
+            "hashed_bytes": cache.hashed_bytes}
 
 
 def main():
@@ -286,16 +412,17 @@ def main():
             dest=dict(type="path", required=True),
             models=dict(type="list", elements="str", default=[]),
             owner=dict(type="str"),
+            hash_cache=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     params = module.params
     try:
         result = run(params["src"], params["dest"], params["models"], module.check_mode,
-                     resolve_owner(params["owner"]))
+                     resolve_owner(params["owner"]), params["hash_cache"])
     except StoreError as error:
         module.fail_json(msg=str(error))
-    except (IOError, OSError, KeyError) as error:
+    except (IOError, OSError, KeyError, ValueError) as error:
         module.fail_json(msg="copying models from %s to %s failed: %s"
                              % (params["src"], params["dest"], error))
     module.exit_json(**result)

@@ -1,17 +1,21 @@
 # -*- coding: utf-8 -*-
 # Shared by the gemma-airgap modules; stdlib only (it runs on closed-network targets).
-"""The one checksum routine, and copies that are verified in the same read.
+"""The one checksum routine, copies that are verified in the same read, and safe reads.
 
 A file is read once: hashing and copying happen on the same buffer. Every write
 goes to a temporary file on the destination's filesystem and is renamed into
 place only after its digest matched, so a half-written or corrupt file never
-appears under its final name.
+appears under its final name. Files from a bundle or a store are hostile input:
+they are read only when they are regular files (never through a symlink), and
+small ones only up to a limit.
 """
 
 from __future__ import absolute_import, division, print_function
 
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 
 __metaclass__ = type
@@ -30,12 +34,48 @@ class ChecksumMismatch(Exception):
         self.actual = actual
 
 
+class UnsafeFile(ValueError):
+    """A file from hostile input that is a symlink, not a regular file, or too large."""
+
+
+def open_regular(path):
+    """An unbuffered reader of the regular file at path; never follows a final symlink.
+
+    O_NONBLOCK keeps a FIFO planted where a file should be from hanging the open.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnsafeFile("%s is a symlink (never followed)" % path) from None
+        raise
+    reader = os.fdopen(fd, "rb", buffering=0)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        reader.close()
+        raise UnsafeFile("%s is not a regular file" % path)
+    return reader
+
+
+def read_regular(path, limit):
+    """The bytes of the regular file at path, refused (UnsafeFile) beyond limit bytes."""
+    data = bytearray()
+    with open_regular(path) as source:
+        while len(data) <= limit:
+            piece = source.read(limit + 1 - len(data))
+            if not piece:
+                break
+            data += piece
+    if len(data) > limit:
+        raise UnsafeFile("%s is larger than the %d bytes such a file may have" % (path, limit))
+    return bytes(data)
+
+
 def sha256_file(path, chunk=CHUNK):
-    """Hex sha256 of a file, read once."""
+    """Hex sha256 of a regular file (never through a final symlink), read once."""
     digest = hashlib.sha256()
     buffer = bytearray(chunk)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as source:
+    with open_regular(path) as source:
         while True:
             count = source.readinto(buffer)
             if not count:
@@ -60,7 +100,7 @@ def copy_verified(source_path, dest_path, expected_hex, tmp_dir=None, chunk=CHUN
     copied = 0
     fd, partial = tempfile.mkstemp(dir=tmp_dir, prefix=".partial-")
     try:
-        with open(source_path, "rb", buffering=0) as source, os.fdopen(fd, "wb") as out:
+        with open_regular(source_path) as source, os.fdopen(fd, "wb") as out:
             while True:
                 count = source.readinto(buffer)
                 if not count:

@@ -2,27 +2,13 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 
+import ollama_store
 from tests.conftest import run_module
-
-
-def blob(store, data: bytes) -> dict:
-    digest = hashlib.sha256(data).hexdigest()
-    (store / "blobs").mkdir(parents=True, exist_ok=True)
-    (store / "blobs" / f"sha256-{digest}").write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
-def model(store, name_parts, weights: bytes, template: bytes = b"{{ .Prompt }}"):
-    config = blob(store, b'{"model_family":"gemma3"}')
-    layers = [{"mediaType": "application/vnd.ollama.image.model", **blob(store, weights)},
-              {"mediaType": "application/vnd.ollama.image.template", **blob(store, template)}]
-    path = store.joinpath("manifests", *name_parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"schemaVersion": 2, "config": config, "layers": layers}))
-    return layers
+from tests.unit.bundle_parts import model
 
 
 @pytest.fixture
@@ -107,3 +93,140 @@ def test_a_damaged_destination_blob_of_wrong_size_is_replaced(source, tmp_path):
                                          "models": ["lab/tiny:v1"]})
     assert result["changed"] is True and result["copied_blobs"] == 1
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == victim.name[7:]
+
+
+def cache_of(dest):
+    return dest.parent / f".{dest.name}.hashcache.json"
+
+
+def test_an_unchanged_rerun_reads_no_blob_and_keeps_its_cache_beside_the_store(source, tmp_path):
+    dest = tmp_path / "dest"
+    first = run_module("ollama_store", {"src": str(source), "dest": str(dest)})
+    again = run_module("ollama_store", {"src": str(source), "dest": str(dest)})
+    assert first["changed"] is True and again["changed"] is False
+    assert again["hashed_bytes"] == 0 and again["repaired_blobs"] == []
+    cache = json.loads(cache_of(dest).read_text())
+    assert str(dest / "blobs" / next((dest / "blobs").iterdir()).name) in cache
+    assert not [p for p in dest.iterdir() if p.name not in ("manifests", "blobs")]
+
+
+def test_a_same_size_corrupt_blob_in_the_store_is_repaired_and_reported(source, tmp_path):
+    dest = tmp_path / "dest"
+    layers = model(source, ("registry.ollama.ai", "library", "rot", "v1"), b"R" * 20_000)
+    run_module("ollama_store", {"src": str(source), "dest": str(dest), "models": ["rot:v1"]})
+    weights = dest / "blobs" / f"sha256-{layers[0]['digest'][7:]}"
+    data = bytearray(weights.read_bytes())
+    data[1234] ^= 0x01
+    weights.write_bytes(bytes(data))  # same size: a size check alone trusts it
+    repaired = run_module("ollama_store", {"src": str(source), "dest": str(dest),
+                                           "models": ["rot:v1"]})
+    assert repaired["changed"] is True and repaired["copied_blobs"] == 1
+    assert [(b["digest"], b["model"]) for b in repaired["repaired_blobs"]] == [
+        (layers[0]["digest"], "rot:v1")]
+    assert repaired["repaired_blobs"][0]["reason"].startswith("content hashes to sha256:")
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == layers[0]["digest"][7:]
+    again = run_module("ollama_store", {"src": str(source), "dest": str(dest),
+                                        "models": ["rot:v1"]})
+    assert again["changed"] is False and again["hashed_bytes"] == 0
+
+
+def test_check_mode_reports_a_corrupt_blob_without_repairing_it(source, tmp_path):
+    dest = tmp_path / "dest"
+    run_module("ollama_store", {"src": str(source), "dest": str(dest), "models": ["lab/tiny:v1"]})
+    victim = max((dest / "blobs").iterdir(), key=lambda p: p.stat().st_size)
+    victim.write_bytes(b"x" * victim.stat().st_size)
+    result = run_module("ollama_store", {"src": str(source), "dest": str(dest),
+                                         "models": ["lab/tiny:v1"]}, check=True)
+    assert result["changed"] is True and len(result["repaired_blobs"]) == 1
+    assert victim.read_bytes() == b"x" * victim.stat().st_size
+
+
+def test_a_blob_rewritten_with_its_old_mtime_is_hashed_again(source, tmp_path):
+    dest = tmp_path / "dest"
+    run_module("ollama_store", {"src": str(source), "dest": str(dest), "models": ["lab/tiny:v1"]})
+    victim = max((dest / "blobs").iterdir(), key=lambda p: p.stat().st_size)
+    before = victim.stat()
+    with open(victim, "r+b") as handle:  # same inode, same size
+        handle.write(b"Z")
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime
+    result = run_module("ollama_store", {"src": str(source), "dest": str(dest),
+                                         "models": ["lab/tiny:v1"]})
+    assert result["changed"] is True and len(result["repaired_blobs"]) == 1
+    assert hashlib.sha256(victim.read_bytes()).hexdigest() == victim.name[7:]
+
+
+def test_a_source_blob_named_for_another_digest_is_refused_even_when_the_store_has_it(
+        source, tmp_path):
+    dest = tmp_path / "dest"
+    run_module("ollama_store", {"src": str(source), "dest": str(dest), "models": ["gemma3n:e4b"]})
+    manifest = json.loads((source / "manifests/registry.ollama.ai/library/gemma3n/e4b")
+                          .read_text())
+    named = source / "blobs" / f"sha256-{manifest['layers'][0]['digest'][7:]}"
+    named.write_bytes(b"V" * named.stat().st_size)  # another content under the same name
+    before = {p.name: p.read_bytes() for p in (dest / "blobs").iterdir()}
+    result = run_module("ollama_store", {"src": str(source), "dest": str(dest),
+                                         "models": ["gemma3n:e4b"]})
+    assert result["failed"] is True
+    assert manifest["layers"][0]["digest"] in result["msg"]
+    assert "named for another digest" in result["msg"] and "'gemma3n:e4b'" in result["msg"]
+    assert {p.name: p.read_bytes() for p in (dest / "blobs").iterdir()} == before
+
+
+MALFORMED = [
+    "[]",
+    '{"config": "sha256:00", "layers": []}',
+    '{"config": {"digest": "sha256:' + "a" * 64 + '", "size": 1}, "layers": ["x"]}',
+    '{"config": {"digest": "sha256:' + "a" * 64 + '", "size": "1"}, "layers": []}',
+    '{"config": {"digest": "sha256:' + "a" * 64 + '", "size": -1}, "layers": []}',
+    '{"config": {"digest": "sha256:' + "a" * 64 + '", "size": true}, "layers": []}',
+    '{"config": {"digest": "sha256:' + "a" * 64 + '\\n", "size": 1}, "layers": []}',
+    '{"config": {"digest": "sha256:../../x", "size": 1}, "layers": []}',
+    "\xff not json",
+]
+
+
+def plant_manifest(source, text):
+    path = source / "manifests/registry.ollama.ai/library/broken/v1"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(text.encode("latin-1"))
+
+
+def test_a_malformed_manifest_fails_the_module_cleanly(source, tmp_path):
+    plant_manifest(source, '{"config": {"digest": "sha256:' + "a" * 64 + '", "size": 1}, '
+                           '"layers": ["x"]}')
+    result = run_module("ollama_store", {"src": str(source), "dest": str(tmp_path / "d"),
+                                         "models": ["broken:v1"]})
+    assert result["failed"] is True
+    assert "manifest of 'broken:v1'" in result["msg"]
+    assert "is not a valid Ollama manifest: bad digest None" in result["msg"]
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("text", MALFORMED)
+def test_every_malformed_manifest_is_refused_naming_it(source, tmp_path, text):
+    plant_manifest(source, text)
+    with pytest.raises(ollama_store.StoreError,
+                       match=r"manifest of 'broken:v1' at .* is not a valid Ollama manifest"):
+        ollama_store.run(str(source), str(tmp_path / "d"), ["broken:v1"], False)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_model_name_that_leaves_manifests_fails_the_module_cleanly(source, tmp_path):
+    # The host part of a name once went unchecked: a manifest planted where
+    # "../outside/x:v1" leads (outside manifests/) was read and imported.
+    planted = source / "outside" / "x" / "v1"
+    planted.parent.mkdir(parents=True)
+    model(source, ("registry.ollama.ai", "library", "plant", "v1"), b"P" * 100)
+    planted.write_text((source / "manifests/registry.ollama.ai/library/plant/v1").read_text())
+    result = run_module("ollama_store", {"src": str(source), "dest": str(tmp_path / "d"),
+                                         "models": ["../outside/x:v1"]})
+    assert result["failed"] is True
+    assert "invalid model name '../outside/x:v1'" in result["msg"]
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("name", ["../x/y:v1", "./a/b:v1", "a/..:v1", "tiny:..", "tiny:v1\n",
+                                  "a/b/c/d:v1", ":v1"])
+def test_every_model_name_with_a_dot_dot_or_odd_part_is_refused(source, tmp_path, name):
+    with pytest.raises(ollama_store.StoreError, match="invalid model name"):
+        ollama_store.run(str(source), str(tmp_path / "d"), [name], False)
