@@ -11,9 +11,12 @@ DOCUMENTATION = r"""
 module: ollama_probe
 short_description: Send test prompts to an Ollama model and measure the answers
 description:
-  - 'C(text) sends one prompt with C("stream": false) and checks for a complete answer.'
-  - C(stream) sends one streaming prompt and checks the NDJSON framing (pieces, then one
-    final object with C(done)); measures time to first token and tokens per second.
+  - 'C(text) sends each of O(prompts) with C("stream": false) and checks for a complete answer.'
+  - C(stream) sends each of O(prompts) streaming and checks the NDJSON framing (pieces, then
+    one final object with C(done)) and that no piece carries a broken character; measures
+    time to first token and tokens per second.
+  - The first prompt's results are under C(text) and C(stream), the second's under
+    C(text 2) and C(stream 2), and so on.
   - C(image) sends a chat message with O(image) when the model has the C(vision)
     capability, and is skipped with its reason otherwise (Ollama's gemma3n is text only,
     so images for it go to the vision service through the gateway).
@@ -36,10 +39,14 @@ options:
     elements: str
     choices: [text, stream, image]
     default: [text, stream, image]
-  prompt:
-    description: The text prompt.
-    type: str
-    default: "Name one colour of the sky."
+  prompts:
+    description:
+      - The text prompts; the C(text) and C(stream) probes run once for each. The default
+        asks in English and in Korean, as the sites' users do.
+      - A streamed piece that carries a broken character (U+FFFD) fails the C(stream) probe.
+    type: list
+    elements: str
+    default: ["Name one colour of the sky.", "하늘의 색깔 하나를 말해 주세요."]
   image:
     description: Path on the target of the image for the image probe.
     type: path
@@ -107,8 +114,11 @@ checks:
   returned: always
   type: dict
   sample:
-    text: {passed: true, answer: "Blue.", eval_count: 3, tokens_per_s: 41.2, load_s: 0.0}
+    text: {passed: true, prompt: "Name one colour of the sky.", answer: "Blue.", eval_count: 3,
+           tokens_per_s: 41.2, load_s: 0.0}
     stream: {passed: true, ttft_s: 0.05, tokens_per_s: 39.8, chunks: 25}
+    text 2: {passed: true, prompt: "하늘의 색깔 하나를 말해 주세요.", answer: "파란색.",
+             eval_count: 4}
     image: {skipped: true, reason: "gemma3n:e4b has no vision capability"}
 summary:
   description: One line per probe for a report.
@@ -145,8 +155,8 @@ def final_figures(final):
     }
 
 
-def probe_text(client, params):
-    body = {"model": params["model"], "prompt": params["prompt"], "stream": False,
+def probe_text(client, params, prompt):
+    body = {"model": params["model"], "prompt": prompt, "stream": False,
             "options": {"num_predict": params["num_predict"]}}
     final = client.post("/api/generate", body)
     answer = final.get("response", "")
@@ -160,8 +170,8 @@ def probe_text(client, params):
     return result
 
 
-def probe_stream(client, params):
-    body = {"model": params["model"], "prompt": params["prompt"], "stream": True,
+def probe_stream(client, params, prompt):
+    body = {"model": params["model"], "prompt": prompt, "stream": True,
             "options": {"num_predict": params["num_predict"]}}
     first = last = None
     chunks = 0
@@ -176,6 +186,9 @@ def probe_stream(client, params):
             final = obj
             continue
         chunks += 1
+        if u"\ufffd" in obj.get("response", ""):
+            raise ProbeFailed("stream", "piece %d carries a broken character (U+FFFD): %r"
+                              % (chunks, obj["response"][:80]), {"chunks": chunks})
         if obj.get("response"):
             text.append(obj["response"])
             first = at if first is None else first
@@ -223,7 +236,10 @@ class ProbeFailed(Exception):
 def summary_line(name, outcome):
     if outcome.get("skipped"):
         return "%s: skipped (%s)" % (name, outcome["reason"])
-    line = "%s: ok, %s tokens at %s tokens/s" % (name, outcome.get("eval_count"),
+    label = name
+    if outcome.get("prompt"):
+        label += " (%s)" % outcome["prompt"][:24]
+    line = "%s: ok, %s tokens at %s tokens/s" % (label, outcome.get("eval_count"),
                                                  outcome.get("tokens_per_s"))
     if outcome.get("ttft_s") is not None:
         line += ", first token after %s s" % outcome["ttft_s"]
@@ -239,7 +255,9 @@ def main():
             model=dict(type="str", required=True),
             checks=dict(type="list", elements="str", choices=["text", "stream", "image"],
                         default=["text", "stream", "image"]),
-            prompt=dict(type="str", default="Name one colour of the sky."),
+            prompts=dict(type="list", elements="str",
+                         default=["Name one colour of the sky.",
+                                  u"하늘의 색깔 하나를 말해 주세요."]),
             image=dict(type="path"),
             image_model=dict(type="str"),
             num_predict=dict(type="int", default=24),
@@ -261,10 +279,16 @@ def main():
         capabilities = client.post("/api/show", {"model": params["model"]}).get(
             "capabilities", [])
         for name in params["checks"]:
-            if name == "text":
-                checks[name] = dict(probe_text(client, params), passed=True)
-            elif name == "stream":
-                checks[name] = dict(probe_stream(client, params), passed=True)
+            if name in ("text", "stream"):
+                probe = probe_text if name == "text" else probe_stream
+                for number, prompt in enumerate(params["prompts"], 1):
+                    key = name if number == 1 else "%s %d" % (name, number)
+                    try:
+                        checks[key] = dict(probe(client, params, prompt), passed=True,
+                                           prompt=prompt)
+                    except ProbeFailed as error:
+                        error.check = key
+                        raise
             else:
                 if params["image_model"] and params["image_model"] != params["model"]:
                     capabilities = client.post("/api/show", {"model": params["image_model"]}).get(
@@ -279,7 +303,7 @@ def main():
         module.fail_json(msg="probing %s failed: %s.%s" % (params["model"], error, hint),
                          checks=checks)
     module.exit_json(changed=False, checks=checks,
-                     summary=[summary_line(name, checks[name]) for name in params["checks"]])
+                     summary=[summary_line(name, outcome) for name, outcome in checks.items()])
 
 
 if __name__ == "__main__":

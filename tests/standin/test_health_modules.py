@@ -1,5 +1,9 @@
 """ollama_info and ollama_probe, run through Ansible against the live stand-in."""
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 from tests.conftest import run_module
 
 from .conftest import MODEL
@@ -50,7 +54,47 @@ def test_probe_text_and_stream_pass_with_figures_and_image_is_skipped_with_reaso
     assert 0 < checks["stream"]["ttft_s"] < 60
     assert checks["image"]["skipped"] is True
     assert "has no vision capability" in checks["image"]["reason"]
-    assert result["summary"][2].startswith("image: skipped")
+    assert result["summary"][-1].startswith("image: skipped")
+    # The second default prompt is Korean: asked and streamed too, whole characters only.
+    assert checks["text 2"]["prompt"] == "하늘의 색깔 하나를 말해 주세요."
+    assert checks["text 2"]["passed"] and checks["stream 2"]["passed"]
+    assert any(line.startswith("stream 2 (하늘의") for line in result["summary"])
+
+
+class BrokenText(BaseHTTPRequestHandler):
+    """A server whose stream carries a broken character (what a bad UTF-8 split makes)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/api/show":
+            body = json.dumps({"capabilities": ["completion"]}).encode()
+        else:
+            body = b"".join(json.dumps(line).encode() + b"\n" for line in (
+                {"response": "\ud558\ub298", "done": False},
+                {"response": "\ufffd\ufffd", "done": False},
+                {"response": "", "done": True, "eval_count": 2, "eval_duration": 1000}))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_probe_fails_on_a_streamed_piece_with_a_broken_character():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BrokenText)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_module("ollama_probe", {
+            "url": f"http://127.0.0.1:{server.server_address[1]}", "model": "m",
+            "checks": ["stream"], "prompts": ["하늘"]})
+    finally:
+        server.shutdown()
+    assert result["failed"] is True
+    assert "piece 2 carries a broken character (U+FFFD)" in result["msg"]
 
 
 def test_probe_fails_with_the_servers_reason(standin):
