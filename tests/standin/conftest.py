@@ -6,7 +6,9 @@ into LAB_CACHE and imported through the official client's create_blob + create.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,7 +71,7 @@ class StandIn:
         self.log = open(models.parent / f"standin-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(front_binary()), "serve"], env=environment,
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_listening(self.port, self.process, 30):
             self.stop()
             raise RuntimeError(f"stand-in did not start; log: {self.log.name}")
@@ -78,12 +80,13 @@ class StandIn:
         return ollama.Client(host=self.url)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        """The front and its engine (one process group), whatever state they are in."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.log.close()
 
 

@@ -545,6 +545,16 @@ def make_server(socket_path: str, settings: Settings | None = None,
     return server
 
 
+def _follow_the_front(stop) -> None:
+    """The engine serves only the front that started it: when that process is gone
+    (killed, crashed), the engine stops too instead of running on unreachable."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    log.info("the front (pid %d) is gone: stopping", parent)
+    stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The Ollama stand-in's engine (lab only)")
     parser.add_argument("--socket", required=True)
@@ -556,6 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=_follow_the_front, args=(stop,), daemon=True).start()
     try:
         server.serve_forever()
     finally:
