@@ -65,4 +65,4 @@ def test_healthcheck_command_fails_when_the_server_is_down(container):
     stopped = docker("exec", "-e", "OLLAMA_HOST=127.0.0.1:1", NAME, "ollama", "list",
                      check=False)
     assert stopped.returncode != 0
-    assert "could not connect to ollama app" in stopped.stderr
+    assert "could not connect to ollama server" in stopped.stderr
