@@ -19,6 +19,7 @@ Usage: labctl.py {engine,images,front,front-check,standin,vision,model,up,down,s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -297,7 +298,9 @@ def build_front(config: LabConfig) -> Path:
     missing = debian_packages_missing(GO_PACKAGES)
     if missing:
         apt_install(missing)
-    binary = config.cache_dir / "standin" / "ollama"
+    # One binary per checkout: two trees on one machine never build over each other's.
+    tree = hashlib.sha256(str(FRONT_DIR).encode()).hexdigest()[:12]
+    binary = config.cache_dir / "standin" / tree / "ollama"
     binary.parent.mkdir(parents=True, exist_ok=True)
     run(["go", "build", "-trimpath", "-o", str(binary), "."], cwd=FRONT_DIR, env=go_env(config))
     return binary
