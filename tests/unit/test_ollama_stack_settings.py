@@ -110,3 +110,21 @@ def test_settings_that_cannot_work_are_refused_naming_the_fix(tmp_path, settings
     out = play(tmp_path, CHECKS, **settings)
     assert out.returncode != 0
     assert named in out.stdout
+
+
+@pytest.mark.parametrize("vision", [None, []])
+def test_a_bundle_without_a_vision_service_renders_and_validates(tmp_path, vision):
+    """The role's argument spec templates every default, the vision command's too."""
+    bundle = {key: value for key, value in BUNDLE.items() if key != "vision"}
+    if vision is not None:
+        bundle["vision"] = vision
+    out = play(tmp_path, f"""
+    - ansible.builtin.debug:
+        msg: "{{{{ ollama_stack_vision_command }}}}"
+    - ansible.builtin.template:
+        src: {ROLE}/templates/compose.yml.j2
+        dest: {tmp_path}/compose.yml
+        mode: "0644"
+""", release_bundle=bundle)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "vision" not in yaml.safe_load((tmp_path / "compose.yml").read_text())["services"]
