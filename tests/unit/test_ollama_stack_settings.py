@@ -118,7 +118,9 @@ def test_a_bundle_without_a_vision_service_renders_and_validates(tmp_path, visio
     bundle = {key: value for key, value in BUNDLE.items() if key != "vision"}
     if vision is not None:
         bundle["vision"] = vision
+    lab = ROOT / "inventories" / "lab" / "group_vars" / "targets.yml"
     out = play(tmp_path, f"""
+    - ansible.builtin.include_vars: {lab}  # the lab's vision command (no defaults in it)
     - ansible.builtin.debug:
         msg: "{{{{ ollama_stack_vision_command }}}}"
     - ansible.builtin.template:
