@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -75,11 +77,16 @@ func serve() error {
 		select {
 		case <-signals:
 			stopped <- nil
+			_ = httpServer.Close() // stop at once, as Ollama does on SIGTERM
 		case err := <-eng.exited:
 			eng.exited <- err
 			stopped <- fmt.Errorf("the engine exited: %v", err)
+			// Requests it was serving end with an error line first; then the process
+			// exits non-zero and its supervisor (the container's restart policy) starts it again.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = httpServer.Shutdown(ctx)
 		}
-		_ = httpServer.Close() // stop at once, as Ollama does on SIGTERM
 	}()
 	if err := httpServer.Serve(listener); !errors.Is(err, http.ErrServerClosed) {
 		return err

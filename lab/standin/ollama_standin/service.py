@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -280,8 +281,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_show(self) -> None:
         body = self.json_body()
         info = self.backend.model(body.get("model"))
-        verbose = bool(body.get("verbose"))
-        gguf = read_gguf(info["path"], keep_arrays=None if verbose else 5, tensors=True)
+        gguf = _shown_gguf(info["path"], bool(body.get("verbose")))
         model_info = {key: value for key, value in gguf.metadata.items()
                       if key not in ("general.name", "tokenizer.chat_template")}
         model_info["general.parameter_count"] = gguf.parameter_count
@@ -513,6 +513,13 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             pieces.close()
             scheduler.release(loaded, slot, keep_alive)
+
+
+@functools.lru_cache(maxsize=16)
+def _shown_gguf(path: str, verbose: bool):
+    """What /api/show reads of a model file; a blob's name is its digest, so it never changes
+    under one path (Ollama caches its show answers too)."""
+    return read_gguf(path, keep_arrays=None if verbose else 5, tensors=True)
 
 
 def _grammar(fmt):
