@@ -1,10 +1,13 @@
-"""The ASGI app: auth, then Ollama's API proxied unchanged, streams passed through.
+"""The gateway: the one published port, in front of Ollama and the vision service.
 
-Streaming responses (Ollama's NDJSON, the OpenAI-compatible SSE of /v1) are
-relayed chunk by chunk as the backend sends them; the gateway only watches the
-lines go by to time the first token and read the final counts for its metrics.
-Requests with images for a model that has a vision backend are translated to
-that backend's /v1/chat/completions and answered in Ollama's format.
+Every request is routed from an allow-list on one canonical path (routes.py),
+authenticated by API key and scope, held to the key's limits, and its body read
+the way Ollama's Go server will read it (gojson.py). Ollama's generate and chat
+are then checked (images decoded, the inference policy), re-encoded as checked,
+and relayed; answers stream back as the backend sends them (relay.py). Images
+for a model with a vision backend go to that backend instead, answered in
+Ollama's format (vision.py). A backend that fails is a 502, one that is too slow
+a 504; a client that leaves frees its slot and stops the backend's work.
 """
 
 from __future__ import annotations
@@ -14,377 +17,423 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from .auth import required_scope
-from .config import ConfigError, Settings
-from .images import ImageError, check_images, images_of
+from . import gojson
+from .config import Settings
+from .images import ImageError, check_data_urls, check_images
 from .limits import Limiter
 from .metrics import Metrics
-from .upstream import Upstream, UpstreamError
-from .vision import OllamaShaper, TranslationError, sse_data, sse_events, to_openai
+from .policy import PolicyError
+from .relay import Relay, Watcher, client_gone, sse_events
+from .routes import (
+    ADMIN,
+    GENERATE,
+    INFERENCE,
+    JSON,
+    METRICS,
+    OPENAI,
+    PLAIN,
+    UPLOAD,
+    NotServed,
+    PathRefused,
+    Route,
+    canonical_path,
+    match,
+)
+from .upstream import Upstream, UpstreamError, UpstreamTimeout
+from .vision import BackendFailed, OllamaShaper, TranslationError, to_openai
 
 log = logging.getLogger("gemma_gateway.access")
-# Hop-by-hop and transport headers are the proxy's own business.
-DROPPED = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
-           "authorization", "accept-encoding", "te", "upgrade", "proxy-authorization"}
-DROPPED_RAW = {name.encode() for name in DROPPED}  # ASGI header names are lower-case bytes
-GENERATING = ("/api/generate", "/api/chat")
-OPENAI_GENERATING = ("/v1/chat/completions", "/v1/completions")
+# The only request headers a backend sees (Origin, Referer, Expect, Connection and
+# whatever a Connection header names never cross); the only answer headers relayed.
+FORWARDED = (b"content-type", b"accept", b"user-agent")
+RELAYED = ("content-type",)
+# The headers browser SDKs send (ollama-js, OpenAI's JS SDK), for CORS.
+BROWSER_HEADERS = ["Authorization", "Content-Type", "User-Agent", "Accept",
+                   "X-Requested-With", "OpenAI-Beta", "x-stainless-arch", "x-stainless-async",
+                   "x-stainless-custom-poll-interval", "x-stainless-helper-method",
+                   "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+                   "x-stainless-poll-helper", "x-stainless-retry-count", "x-stainless-runtime",
+                   "x-stainless-runtime-version", "x-stainless-timeout"]
 
 
-def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+class Refusal(Exception):
+    """An answer other than the backend's: a status, a reason, maybe headers."""
+
+    def __init__(self, status: int, message: str, reason: str,
+                 headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        return JSONResponse({"error": self.message}, status_code=self.status,
+                            headers=self.headers)
 
 
-def endpoint_of(path: str) -> str:
-    if path.startswith("/api/blobs/"):
-        return "/api/blobs"
-    if path.startswith("/v1/models/"):
-        return "/v1/models"
-    return path
+class ClientGone(Exception):
+    """The client went away before its answer began."""
 
 
-class Watcher:
-    """Follows an NDJSON or SSE stream without holding it back: first text, final counts."""
-
-    def __init__(self, openai: bool = False, sse: bool = False) -> None:
-        self.openai_shaped = openai
-        self.sse = sse
-        self.pending = b""
-        self.first_text_at: float | None = None
-        self.final: dict | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        if b"\n" not in chunk:
-            self.pending += chunk
-            return
-        *lines, rest = (self.pending + chunk).split(b"\n")
-        self.pending = rest
-        for line in lines:
-            self.line(line)
-
-    def line(self, line: bytes) -> None:
-        if self.sse:
-            line = sse_data(line)
-            if line is None:
-                return
-        if not line.strip() or line.strip() == b"[DONE]":
-            return
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
-        if self.openai_shaped:
-            self.openai(obj)
-            return
-        if self.first_text_at is None and (obj.get("response") or
-                                           (obj.get("message") or {}).get("content")):
-            self.first_text_at = time.perf_counter()
-        if obj.get("done"):
-            self.final = obj
-
-    def openai(self, obj: dict) -> None:
-        """An OpenAI chunk or answer: text in choices, counts in usage (Ollama's names)."""
-        if self.first_text_at is None:
-            for choice in obj.get("choices") or []:
-                delta = choice.get("delta") or choice.get("message") or {}
-                if delta.get("content") or choice.get("text"):
-                    self.first_text_at = time.perf_counter()
-        usage = obj.get("usage")
-        if isinstance(usage, dict):
-            self.final = {"prompt_eval_count": usage.get("prompt_tokens"),
-                          "eval_count": usage.get("completion_tokens")}
+# Bodies larger than this are read, checked and re-encoded on a worker thread, at most
+# two at a time, so a large one does not hold up every other client's answer.
+INLINE_BYTES = 256 * 1024
 
 
-class Relay:
-    """An ASGI response relaying `body`; `finish(status)` runs exactly once, whatever happens.
+@dataclass
+class Plan:
+    """What the inspection of a body found: the model, what to forward, the images."""
 
-    A streamed answer also listens for the client going away: generation at the backend
-    is then abandoned (its connection closed) instead of running on for nobody.
-    """
+    model: str
+    request: gojson.GoObject
+    body: dict | None     # the canonical body of an inference route Ollama reads as a struct
+    forward: bytes        # what the backend gets
+    formats: list[str]    # the checked images' formats, in order
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]],
-                 body: AsyncIterator[bytes], finish: Callable[[], None],
-                 streamed: bool) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.finish = finish
-        self.streamed = streamed
+
+class Gateway:
+    """The gateway's state (settings, metrics, limits, backends) and its ASGI entry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        vision_models = tuple(entry.model for entry in settings.vision_backends)
+        self.metrics = Metrics(fixed_models=(settings.expected_model, *vision_models))
+        self.limiter = Limiter(settings.key_limits)
+        self.backend = Upstream(settings.backend_url)
+        self.vision = {entry.model: (entry, Upstream(entry.url))
+                       for entry in settings.vision_backends}
+        self.capabilities: dict[str, tuple[float, list]] = {}
+        self._poller: asyncio.Task | None = None
+        self.heavy = asyncio.Semaphore(2)
+        self._readiness: tuple[float, int, dict] = (0.0, 503, {})
+
+    def asgi(self):
+        """The app as served: CORS for the configured origins around the gateway."""
+        return CORSMiddleware(self, allow_origins=list(self.settings.cors_origins),
+                              allow_methods=["GET", "POST", "DELETE", "HEAD"],
+                              allow_headers=BROWSER_HEADERS, expose_headers=["Retry-After"],
+                              max_age=600)
 
     async def __call__(self, scope, receive, send) -> None:
-        try:
-            if self.streamed:
-                sending = asyncio.ensure_future(self._stream(send))
-                listener = asyncio.ensure_future(self._disconnect(receive))
-                await asyncio.wait((sending, listener), return_when=asyncio.FIRST_COMPLETED)
-                if not sending.done():
-                    sending.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sending
-                listener.cancel()
-                sending.result()
-            else:
-                await self._stream(send)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.body.aclose()
-            self.finish()
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            response = await Call(self, scope, receive).answer()
+            await response(scope, receive, send)
 
-    async def _stream(self, send) -> None:
-        await send({"type": "http.response.start", "status": self.status,
-                    "headers": self.headers})
-        async for chunk in self.body:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    @staticmethod
-    async def _disconnect(receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-
-def create_app(settings: Settings) -> Starlette:
-    metrics = Metrics()
-    limiter = Limiter(settings.key_limits)
-    capabilities: dict[str, tuple[float, list]] = {}
-    backend = Upstream(settings.backend_url)
-    vision = {entry.model: (entry, Upstream(entry.url)) for entry in settings.vision_backends}
-
-    async def get_json(path: str, timeout: float = 5) -> dict:
-        answer = await backend.request("GET", path, timeout=timeout)
-        return json.loads(await answer.read())
-
-    async def poll() -> None:
+    async def _lifespan(self, receive, send) -> None:
         while True:
-            with contextlib.suppress(UpstreamError, ValueError, TimeoutError):
-                metrics.record_backend(await get_json("/api/ps"), await get_json("/api/tags"))
-            await asyncio.sleep(settings.poll_seconds)
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._poller = asyncio.create_task(self._poll())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._poller:
+                    self._poller.cancel()
+                await self.backend.close()
+                for _, upstream in self.vision.values():
+                    await upstream.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    @asynccontextmanager
-    async def lifespan(app):
-        poller = asyncio.create_task(poll())
-        yield
-        poller.cancel()
-        await backend.close()
-        for _, upstream in vision.values():
-            await upstream.close()
+    async def backend_json(self, path: str, timeout: float = 5) -> dict:
+        answer = await self.backend.request("GET", path, timeout=timeout, idle_timeout=timeout)
+        data = json.loads(await answer.read(limit=16 * 1024 * 1024))
+        if answer.status != 200 or not isinstance(data, dict):
+            raise UpstreamError(f"{path} answered {answer.status}")
+        return data
 
-    async def model_capabilities(model: str) -> list:
-        """The model's capabilities from /api/show, cached for a minute."""
-        cached = capabilities.get(model)
+    async def _poll(self) -> None:
+        """Loaded models for the metrics, and the backend's model names for the labels."""
+        while True:
+            with contextlib.suppress(UpstreamError, ValueError):
+                self.metrics.record_backend(await self.backend_json("/api/ps"),
+                                            await self.backend_json("/api/tags"))
+            await asyncio.sleep(self.settings.poll_seconds)
+
+    async def model_capabilities(self, model: str) -> list:
+        """A known model's capabilities from /api/show, cached for a minute."""
+        cached = self.capabilities.get(model)
         if cached and time.monotonic() - cached[0] < 60:
             return cached[1]
-        shown = await backend.request("POST", "/api/show", [("content-type", "application/json")],
-                                      json.dumps({"model": model}).encode(), timeout=10)
-        data = await shown.read()
-        found = json.loads(data).get("capabilities", []) if shown.status == 200 else []
-        capabilities[model] = (time.monotonic(), found)
+        answer = await self.backend.request(
+            "POST", "/api/show", [("content-type", "application/json")],
+            gojson.encode({"model": model}), timeout=10, idle_timeout=10)
+        data = await answer.read(limit=64 * 1024 * 1024)
+        found = json.loads(data).get("capabilities", []) if answer.status == 200 else []
+        self.capabilities[model] = (time.monotonic(), found)
         return found
 
-    def cors_headers(request: Request) -> dict:
-        origin = request.headers.get("origin")
-        if origin and origin in settings.cors_origins:
-            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-        return {}
+    def access(self, key: str, method: str, endpoint: str, model: str, status: int,
+               started: float, final: dict | None) -> None:
+        """One JSON line per request: who, what, how long; never prompt or image content."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        entry = {"key": key, "method": method, "endpoint": endpoint,
+                 "model": self.metrics.model(model), "status": status,
+                 "duration_s": round(time.perf_counter() - started, 4)}
+        if final:
+            entry.update(prompt_tokens=final.get("prompt_eval_count"),
+                         completion_tokens=final.get("eval_count"))
+        log.info(json.dumps(entry))
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> Response:
+class Call:
+    """One request from its first byte to its last: route, key, body, answer."""
+
+    def __init__(self, gateway: Gateway, scope, receive) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.metrics = gateway.metrics
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.started = time.perf_counter()
+        self.key = None
+        self.route: Route | None = None
+        self.label = "unrouted"
+        self.model = ""
+        self.released = True
+
+    # --- the way in ----------------------------------------------------------------------
+
+    async def answer(self):
         try:
-            tags = await get_json("/api/tags")
-        except (TimeoutError, UpstreamError, ValueError) as exc:
-            return error(503, f"backend {settings.backend_url} is not answering: "
-                              f"{exc or type(exc).__name__}")
-        names = [m.get("name") for m in tags.get("models", [])]
-        if settings.expected_model and settings.expected_model not in names:
-            return error(503, f"backend lacks the expected model {settings.expected_model}")
-        return JSONResponse({"status": "ready", "models": names})
-
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def proxy(request: Request):
-        path = request.url.path
-        cors = cors_headers(request)
-        if request.method == "OPTIONS":
-            if not cors:
-                return error(403, "origin not allowed")
-            return Response(status_code=204, headers={
-                **cors, "Access-Control-Allow-Methods": "GET, POST, DELETE, HEAD, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                "Access-Control-Max-Age": "600"})
-        presented = request.headers.get("authorization", "")
-        if not presented.lower().startswith("bearer "):
-            metrics.auth_failures.labels("missing").inc()
-            return error(401, "missing API key: send 'Authorization: Bearer <key>'", cors)
-        key = settings.keyring.find(presented[7:].strip())
-        if key is None:
-            metrics.auth_failures.labels("invalid").inc()
-            return error(401, "invalid API key", cors)
-        scope = required_scope(path)
-        if scope not in key.scopes:
-            metrics.auth_failures.labels("scope").inc()
-            return error(403, f"key '{key.name}' lacks the {scope} scope that {path} needs", cors)
-        length = int(request.headers.get("content-length") or 0)
-        if length > settings.max_body_bytes:
-            metrics.errors.labels("body_too_large").inc()
-            return error(413, f"request body of {length} bytes exceeds the limit of "
-                              f"{settings.max_body_bytes} bytes", cors)
-        allowed, reason, retry_after = limiter.acquire(key.name)
-        if not allowed:
-            metrics.errors.labels("rate_limited").inc()
-            return error(429, reason, {**cors, "Retry-After": str(retry_after)})
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                limiter.release(key.name)
-
-        try:
-            answer = await forward(request, path, key.name, cors, release)
-        except BaseException:
-            release()
-            raise
-        if not isinstance(answer, Relay):
-            release()
-        return answer
-
-    async def forward(request: Request, path: str, key_name: str, cors: dict, release):
-        """Relay one request; a Relay calls `release` when its response is finished."""
-        if path.startswith("/api/blobs/"):
-            # Uploads pass through, never held in memory.
-            return await relay_upstream(request, path, key_name, cors, release, backend,
-                                        request.stream(), "")
-        try:
-            content = await request.body()
-        except ClientDisconnect:
+            return await self._answer()
+        except Refusal as refusal:
+            self.release()
+            self.metrics.errors.labels(refusal.reason).inc()
+            self.gateway.access(self.key.name if self.key else "-", self.method, self.label,
+                                self.model, refusal.status, self.started, None)
+            return refusal.response()
+        except ClientGone:
+            self.release()
             return Response(status_code=499)
-        if len(content) > settings.max_body_bytes:
-            metrics.errors.labels("body_too_large").inc()
-            return error(413, f"request body exceeds {settings.max_body_bytes} bytes", cors)
-        body = None
-        if content and (path in GENERATING or path.startswith("/v1/") or request.headers.get(
-                "content-type", "").startswith("application/json")):
-            with contextlib.suppress(ValueError):
-                parsed = json.loads(content)
-                body = parsed if isinstance(parsed, dict) else None
-        # Malformed JSON goes on: the backend answers it in Ollama's own words.
-        model = str(body.get("model") or body.get("name") or "") if body else ""
-        if body and path in GENERATING:
-            images = images_of(path, body)
-            if images:
-                try:
-                    formats = check_images(images, settings.images)
-                except ImageError as exc:
-                    metrics.errors.labels("bad_image").inc()
-                    return error(400, str(exc), cors)
-                if model in vision:
-                    return await answer_with_vision(path, body, formats, key_name, model, cors,
-                                                    release)
-                refusal = await refuse_text_only(model, cors)
-                if refusal is not None:
-                    return refusal
-        if path == "/api/show" and model in vision:
-            return await show_with_vision(request, key_name, content, model, cors)
-        return await relay_upstream(request, path, key_name, cors, release, backend, content,
-                                    model)
+        except BaseException:
+            self.release()
+            raise
 
-    async def show_with_vision(request: Request, key_name: str, content: bytes, model: str,
-                               cors: dict) -> Response:
-        """Ollama's /api/show for a model with a vision backend: through the gateway it
-        takes images, so its capabilities say "vision" (clients and probes look there)."""
-        started = time.perf_counter()
+    async def _answer(self):
+        raw_path = self.scope.get("raw_path") or self.scope["path"].encode()
+        own = {b"/healthz": self.healthz, b"/readyz": self.readyz, b"/metrics": self.scrape}
+        if raw_path in own and self.method == "GET":
+            return await own[raw_path]()
         try:
-            answer = await backend.request("POST", "/api/show",
-                                           [("content-type", "application/json")], content)
-            data = await answer.read()
-        except UpstreamError as exc:
-            metrics.errors.labels("backend_unreachable").inc()
-            return error(502, f"backend {backend.url} is not answering: {exc}", cors)
-        status = answer.status
-        if status == 200:
-            with contextlib.suppress(ValueError, AttributeError):
-                shown = json.loads(data)
-                if "vision" not in shown.setdefault("capabilities", []):
-                    shown["capabilities"].append("vision")
-                data = json.dumps(shown).encode()
-        metrics.duration.labels("/api/show", model, str(status)).observe(
-            time.perf_counter() - started)
-        access(key_name, "POST", "/api/show", model, status, started, None)
-        return Response(data, status_code=status, media_type="application/json", headers=cors)
+            path = canonical_path(raw_path)
+            route = match(self.method, path)
+        except PathRefused as exc:
+            raise Refusal(400, f"path refused: {exc}", "bad_path") from None
+        except NotServed as exc:
+            if exc.allowed:
+                raise Refusal(405, str(exc), "method_not_allowed",
+                              {"Allow": ", ".join(sorted(exc.allowed))}) from None
+            raise Refusal(404, str(exc), "not_found") from None
+        self.route, self.label = route, route.label
+        self.authenticate(route.scope)
+        declared = self.header(b"content-length")
+        limit = self.settings.limits.max_upload_bytes if route.kind == UPLOAD \
+            else self.settings.max_body_bytes
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise Refusal(413, f"request body of {declared} bytes exceeds the limit of "
+                               f"{limit} bytes", "body_too_large", {"Connection": "close"})
+        allowed, reason, retry_after = self.gateway.limiter.acquire(self.key.name)
+        if not allowed:
+            raise Refusal(429, reason, "rate_limited", {"Retry-After": str(retry_after)})
+        self.released = False
+        response = await self.dispatch(route, path)
+        if not isinstance(response, Relay):
+            self.release()
+        return response
 
-    async def refuse_text_only(model: str, cors: dict) -> Response | None:
-        """A 400 for images to a model that Ollama serves without vision."""
-        try:
-            found = await model_capabilities(model)
-        except (TimeoutError, UpstreamError, ValueError):
-            return None  # the backend's own answer will say what is wrong
-        if found and "vision" not in found:
-            metrics.errors.labels("images_for_text_model").inc()
-            return error(400, f"{model} takes text only here (Ollama serves it without vision): "
-                              "send no images, or configure a vision backend for it in the "
-                              "gateway (vision_backends)", cors)
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value.decode("latin-1")
         return None
 
-    def finisher(key_name: str, method: str, endpoint: str, model: str, started: float,
-                 state: dict, watcher: Watcher | None, release) -> Callable[[], None]:
-        """What happens once a relayed request is over: metrics, access log, release."""
+    def authenticate(self, scope: str) -> None:
+        presented = self.header(b"authorization") or ""
+        if not presented.lower().startswith("bearer "):
+            self.metrics.auth_failures.labels("missing").inc()
+            raise Refusal(401, "missing API key: send 'Authorization: Bearer <key>'", "auth")
+        self.key = self.settings.keyring.find(presented[7:].strip())
+        if self.key is None:
+            self.metrics.auth_failures.labels("invalid").inc()
+            raise Refusal(401, "invalid API key", "auth")
+        if scope not in self.key.scopes:
+            self.metrics.auth_failures.labels("scope").inc()
+            raise Refusal(403, f"key '{self.key.name}' lacks the {scope} scope that "
+                               f"{self.label} needs", "auth")
 
-        def finish() -> None:
-            metrics.in_flight.dec()
-            release()
-            status = state["status"]
-            metrics.duration.labels(endpoint, model, str(status)).observe(
-                time.perf_counter() - started)
-            if status >= 400:
-                metrics.errors.labels(state.get("reason") or f"backend_{status}").inc()
-            final = None
-            if watcher is not None:
-                if watcher.first_text_at is not None:
-                    metrics.ttft.labels(endpoint, model).observe(watcher.first_text_at - started)
-                final = watcher.final
-                if final is not None:
-                    metrics.record_final(endpoint, model, final)
-            access(key_name, method, endpoint, model, status, started, final)
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.gateway.limiter.release(self.key.name)
 
-        return finish
+    async def body(self) -> bytes:
+        """The whole request body, refused as soon as it outgrows the limit (chunked too)."""
+        return b"".join([chunk async for chunk in self.arriving(self.settings.max_body_bytes)])
 
-    async def relay_upstream(request: Request, path: str, key_name: str, cors: dict, release,
-                             upstream: Upstream, content, model: str):
-        started = time.perf_counter()
-        endpoint = endpoint_of(path)
-        headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                   for k, v in request.headers.raw if k not in DROPPED_RAW]
-        target = path + ("?" + request.url.query if request.url.query else "")
-        metrics.in_flight.inc()
+    async def arriving(self, limit: int, total: bool = True):
+        """The request body as it arrives, counted: a 413 the moment it passes `limit`, a
+        408 when it stalls longer than `body_idle_timeout` or (`total`) takes longer than
+        `body_timeout` in all (a blob upload, a model file, has no total)."""
+        limits = self.settings.limits
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.body_timeout if total else None
+        size = 0
+        while True:
+            wait = limits.body_idle_timeout
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+            try:
+                message = await asyncio.wait_for(self.receive(), max(wait, 0.001))
+            except TimeoutError:
+                raise Refusal(408, "the request body arrives too slowly", "body_too_slow",
+                              {"Connection": "close"}) from None
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise Refusal(413, f"request body exceeds the limit of {limit} bytes",
+                              "body_too_large", {"Connection": "close"})
+            yield chunk
+            if not message.get("more_body"):
+                return
+
+    # --- what each kind of route does -------------------------------------------------------
+
+    async def dispatch(self, route: Route, path: str):
+        if route.kind == UPLOAD:  # a model file: passed on as it arrives, never held
+            return await self.relay(self.gateway.backend, path,
+                                    self.arriving(self.settings.limits.max_upload_bytes,
+                                                  total=False), watch=False)
+        content = await self.body()
+        if route.kind == PLAIN:
+            return await self.relay(self.gateway.backend, path, content)
+        if len(content) > INLINE_BYTES:
+            async with self.gateway.heavy:
+                plan = await asyncio.to_thread(self.inspect, route, path, content)
+        else:
+            plan = self.inspect(route, path, content)
+        self.model = plan.model
+        vision = self.model in self.gateway.vision
+        if route.kind == GENERATE and plan.formats:
+            if vision:
+                return await self.ollama_with_vision(path, plan.body, plan.formats)
+            await self.refuse_text_only()
+        elif route.kind == OPENAI and plan.formats:
+            if vision:
+                return await self.openai_with_vision(plan.request)
+            await self.refuse_text_only()
+        elif route.kind == JSON and path == "/api/show" and vision:
+            return await self.show_with_vision(plan.forward)
+        return await self.relay(self.gateway.backend, path, plan.forward)
+
+    def inspect(self, route: Route, path: str, content: bytes) -> Plan:
+        """Read the body as Ollama's Go server will, check it, and decide what to forward:
+        for an inference route Ollama reads as a struct, the canonical body as checked."""
         try:
-            answer = await upstream.request(request.method, target, headers, content)
+            request = gojson.parse_object(content)
+            model = request.scalar("model") or request.scalar("name") or ""
+            if not isinstance(model, str):
+                raise gojson.BodyError("model must be a string")
+            body = gojson.canonical(path, request) if route.scope == INFERENCE else None
+            if body is not None and ADMIN not in self.key.scopes:
+                self.settings.policy.check(self.key.name, body)
+            formats = []
+            if route.kind == GENERATE:
+                images = gojson.images_of(path, body)
+                formats = check_images(images, self.settings.images) if images else []
+            elif route.kind == OPENAI:
+                urls = gojson.openai_images(request)
+                formats = check_data_urls(urls, self.settings.images) if urls else []
+        except (gojson.BodyError, PolicyError, ImageError) as exc:
+            raise Refusal(400, str(exc), type(exc).__name__.lower()) from None
+        forward = gojson.encode(body) if body is not None else content
+        return Plan(model, request, body, forward, formats)
+
+    async def openai_with_vision(self, request: gojson.GoObject):
+        """OpenAI-style chat with images, for a model with a vision backend: passed to it."""
+        entry, upstream = self.gateway.vision[self.model]
+        forwarded = {key: value for key, value in request.pairs if gojson.go_fold(key) != "MODEL"}
+        forwarded["model"] = entry.upstream_model
+        return await self.relay(upstream, "/v1/chat/completions", gojson.encode(forwarded),
+                                backend_name="vision")
+
+    async def refuse_text_only(self) -> None:
+        """A 400 for images to a model that Ollama serves without vision."""
+        if self.model not in self.metrics.known_models:
+            return  # the backend will say it has no such model
+        try:
+            found = await self.gateway.model_capabilities(self.model)
+        except (UpstreamError, ValueError):
+            return  # the backend's own answer will say what is wrong
+        if found and "vision" not in found:
+            raise Refusal(400, f"{self.model} takes text only here (Ollama serves it without "
+                               "vision): send no images, or configure a vision backend for it "
+                               "in the gateway (vision_backends)", "images_for_text_model")
+
+    # --- talking to a backend ---------------------------------------------------------------
+
+    def forwarded_headers(self) -> list[tuple[str, str]]:
+        return [(name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self.scope["headers"] if name in FORWARDED]
+
+    def timeouts(self) -> tuple[float, float]:
+        limits = self.settings.limits
+        if self.route is not None and self.route.slow:
+            return limits.generation_timeout, limits.stream_idle_timeout
+        return limits.backend_timeout, limits.backend_timeout
+
+    async def ask(self, upstream: Upstream, method: str, target: str, headers, body,
+                  watch: bool = True):
+        """The backend's answer head, or ClientGone when the client leaves first (the
+        backend's connection is then closed: it stops working for nobody)."""
+        timeout, idle = self.timeouts()
+        asking = asyncio.ensure_future(upstream.request(method, target, headers, body,
+                                                        timeout=timeout, idle_timeout=idle))
+        if not watch:  # the body is still being read from the client: it watches itself
+            return await asking
+        leaving = asyncio.ensure_future(client_gone(self.receive))
+        try:
+            await asyncio.wait((asking, leaving), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not asking.done():
+            asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                await asking
+            raise ClientGone()
+        return asking.result()
+
+    async def relay(self, upstream: Upstream, target: str, content, watch: bool = True,
+                    backend_name: str = "backend"):
+        """Send the request on and relay the answer as it comes."""
+        self.metrics.in_flight.inc()
+        try:
+            answer = await self.ask(upstream, self.method, target, self.forwarded_headers(),
+                                    content, watch)
+        except UpstreamTimeout as exc:
+            self.metrics.in_flight.dec()
+            raise Refusal(504, f"the {backend_name} is too slow: {exc}",
+                          f"{backend_name}_timeout") from None
         except UpstreamError as exc:
-            metrics.in_flight.dec()
-            metrics.errors.labels("backend_unreachable").inc()
-            access(key_name, request.method, endpoint, model, 502, started, None)
-            return error(502, f"backend {upstream.url} is not answering: {exc}", cors)
+            self.metrics.in_flight.dec()
+            raise Refusal(502, f"the {backend_name} is not answering: {exc}",
+                          f"{backend_name}_unreachable") from None
         except BaseException:
-            metrics.in_flight.dec()
+            self.metrics.in_flight.dec()
             raise
-        generating = path in GENERATING or path in OPENAI_GENERATING
-        watcher = Watcher(openai=path in OPENAI_GENERATING,
-                          sse="event-stream" in (answer.header("content-type") or "")) \
-            if generating else None
+        sse = "event-stream" in (answer.header("content-type") or "")
+        watcher = Watcher(openai=target.startswith("/v1/"), sse=sse) \
+            if self.route.slow and self.route.kind in (GENERATE, OPENAI) else None
         state = {"status": answer.status}
 
         async def body():
@@ -394,79 +443,87 @@ def create_app(settings: Settings) -> Starlette:
                         watcher.feed(chunk)
                     yield chunk
                 if watcher is not None:
-                    watcher.line(watcher.pending)
+                    watcher.close()
             except UpstreamError as exc:
-                state.update(status=502, reason="backend_broke_stream")
-                line = json.dumps({"error": f"backend stream broke: {exc}"})
-                yield (f"data: {line}\n\n" if watcher and watcher.sse else line + "\n").encode()
+                state.update(status=504 if isinstance(exc, UpstreamTimeout) else 502,
+                             reason=f"{backend_name}_broke_stream")
+                line = json.dumps({"error": f"the {backend_name} broke the answer: {exc}"})
+                yield (f"data: {line}\n\n" if sse else line + "\n").encode()
             finally:
                 answer.close()
 
-        response_headers = [(k.encode("latin-1"), v.encode("latin-1"))
-                            for k, v in answer.headers if k not in DROPPED]
-        response_headers += [(k.lower().encode(), v.encode()) for k, v in cors.items()]
-        content_length = answer.header("content-length")
-        streamed = content_length is None
-        if content_length is not None:
-            response_headers.append((b"content-length", content_length.encode()))
-        return Relay(answer.status, response_headers, body(),
-                     finisher(key_name, request.method, endpoint, model, started, state,
-                              watcher, release), streamed)
+        headers = [(name.encode(), value.encode("latin-1")) for name, value in answer.headers
+                   if name in RELAYED]
+        length = answer.header("content-length")
+        if length is not None and length.isdigit():
+            headers.append((b"content-length", length.encode()))
+        return Relay(answer.status, headers, body(), self.finisher(state, watcher),
+                     self.settings.limits.stream_idle_timeout)
 
-    async def answer_with_vision(path: str, body: dict, formats: list[str], key_name: str,
-                                 model: str, cors: dict, release):
+    def finisher(self, state: dict, watcher: Watcher | None):
+        """What happens once a relayed answer is over: metrics, access log, the key's slot."""
+
+        def finish() -> None:
+            self.metrics.in_flight.dec()
+            self.release()
+            status, model = state["status"], self.metrics.model(self.model)
+            self.metrics.duration.labels(self.label, model, str(status)).observe(
+                time.perf_counter() - self.started)
+            if status >= 400:
+                self.metrics.errors.labels(state.get("reason") or f"backend_{status}").inc()
+            final = None
+            if watcher is not None:
+                if watcher.first_text_at is not None:
+                    self.metrics.ttft.labels(self.label, model).observe(
+                        watcher.first_text_at - self.started)
+                final = watcher.final
+                if final is not None:
+                    self.metrics.record_final(model, final)
+            self.gateway.access(self.key.name, self.method, self.label, self.model, status,
+                                self.started, final)
+
+        return finish
+
+    # --- the vision backend ----------------------------------------------------------------
+
+    async def ollama_with_vision(self, path: str, body: dict, formats: list[str]):
         """Images for a model with a vision backend: ask it, answer in Ollama's format."""
-        entry, upstream = vision[model]
-        started = time.perf_counter()
-        endpoint = endpoint_of(path)
+        entry, upstream = self.gateway.vision[self.model]
         try:
             request = to_openai(path, body, entry, formats)
         except TranslationError as exc:
-            metrics.errors.labels("untranslatable").inc()
-            return error(400, str(exc), cors)
-        metrics.in_flight.inc()
+            raise Refusal(400, str(exc), "untranslatable") from None
+        self.metrics.in_flight.inc()
         try:
-            answer = await upstream.request(
-                "POST", "/v1/chat/completions", [("content-type", "application/json")],
-                json.dumps(request).encode())
+            answer = await self.ask(upstream, "POST", "/v1/chat/completions",
+                                    [("content-type", "application/json")],
+                                    gojson.encode(request))
         except UpstreamError as exc:
-            metrics.in_flight.dec()
-            metrics.errors.labels("vision_unavailable").inc()
-            access(key_name, "POST", endpoint, model, 503, started, None)
-            return error(503, f"the vision backend for {model} ({entry.url}) is not available "
-                              f"({exc}); it restarts by itself: retry in a few seconds, or send "
-                              "the request without images", {**cors, "Retry-After": "5"})
+            self.metrics.in_flight.dec()
+            status = 504 if isinstance(exc, UpstreamTimeout) else 503
+            raise Refusal(status, f"the vision backend for {self.model} is not available "
+                                  f"({exc}); it restarts by itself: retry in a few seconds, or "
+                                  "send the request without images", "vision_unavailable",
+                          {"Retry-After": "5"}) from None
         except BaseException:
-            metrics.in_flight.dec()
+            self.metrics.in_flight.dec()
             raise
         if answer.status != 200:
-            data = await answer.read()
-            metrics.in_flight.dec()
-            reason = data.decode("utf-8", "replace")[:500]
-            with contextlib.suppress(ValueError, AttributeError):
-                problem = json.loads(data).get("error")  # OpenAI: {"message"}; others: text
-                reason = (problem.get("message") if isinstance(problem, dict) else problem) \
-                    or reason
-            status = 503 if answer.status == 503 else (
-                400 if 400 <= answer.status < 500 else 502)
-            metrics.errors.labels(f"vision_{answer.status}").inc()
-            access(key_name, "POST", endpoint, model, status, started, None)
-            return error(status, f"the vision backend for {model} answered {answer.status}: "
-                                 f"{reason}", cors)
-        shaper = OllamaShaper(path, model, started)
+            self.metrics.in_flight.dec()
+            raise await self.vision_refusal(answer)
+        shaper = OllamaShaper(path, self.model, self.started)
         watcher = Watcher()
         state = {"status": 200}
         streamed = request["stream"]
 
-        async def body_stream():
-            buffer = bytearray()
+        async def stream():
             try:
                 if not streamed:
-                    data = await answer.read()
-                    final = shaper.final(shaper.note(json.loads(data)))
+                    final = shaper.final(shaper.note(json.loads(await answer.read())))
                     watcher.final = final
-                    yield json.dumps(final).encode()
+                    yield gojson.encode(final)
                     return
+                buffer = bytearray()
                 async for chunk in answer.chunks():
                     for event in sse_events(buffer, chunk):
                         if event == b"[DONE]":
@@ -478,66 +535,78 @@ def create_app(settings: Settings) -> Starlette:
                             yield piece
                 final = shaper.final()
                 watcher.final = final
-                yield (json.dumps(final) + "\n").encode()
-            except (UpstreamError, ValueError) as exc:
+                yield gojson.encode(final) + b"\n"
+            except (UpstreamError, ValueError, BackendFailed) as exc:
                 state.update(status=502, reason="vision_broke_stream")
-                yield (json.dumps({"error": f"vision backend stream broke: {exc}"}) +
-                       "\n").encode()
+                yield gojson.encode({"error": f"the vision backend broke the answer: {exc}"}) \
+                    + b"\n"
             finally:
                 answer.close()
 
         media = b"application/x-ndjson" if streamed else b"application/json"
-        headers = [(b"content-type", media)]
-        headers += [(k.lower().encode(), v.encode()) for k, v in cors.items()]
-        return Relay(200, headers, body_stream(),
-                     finisher(key_name, "POST", endpoint, model, started, state, watcher,
-                              release), True)
+        return Relay(200, [(b"content-type", media)], stream(), self.finisher(state, watcher),
+                     self.settings.limits.stream_idle_timeout)
 
-    def access(key_name, method, endpoint, model, status, started, final) -> None:
-        """One JSON line per request: who, what, how long; never prompt or image content."""
-        if not log.isEnabledFor(logging.INFO):
-            return
-        entry = {"key": key_name, "method": method, "endpoint": endpoint, "model": model,
-                 "status": status, "duration_s": round(time.perf_counter() - started, 4)}
-        if final:
-            entry.update(prompt_tokens=final.get("prompt_eval_count"),
-                         completion_tokens=final.get("eval_count"))
-        log.info(json.dumps(entry))
+    async def vision_refusal(self, answer) -> Refusal:
+        data = await answer.read(limit=1024 * 1024)
+        reason = data.decode("utf-8", "replace")[:500]
+        with contextlib.suppress(ValueError, AttributeError):
+            problem = json.loads(data).get("error")  # OpenAI: {"message"}; others: text
+            reason = (problem.get("message") if isinstance(problem, dict) else problem) or reason
+        status = 503 if answer.status == 503 else (400 if 400 <= answer.status < 500 else 502)
+        return Refusal(status, f"the vision backend for {self.model} answered {answer.status}: "
+                               f"{reason}", f"vision_{answer.status}")
 
-    methods = ["GET", "POST", "HEAD", "DELETE", "OPTIONS"]
-    return Starlette(lifespan=lifespan, routes=[
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/{path:path}", proxy, methods=methods),
-    ])
+    async def show_with_vision(self, content: bytes):
+        """Ollama's /api/show for a model with a vision backend: through the gateway it
+        takes images, so its capabilities say "vision" (clients and probes look there)."""
+        timeout, idle = self.timeouts()
+        try:
+            answer = await self.gateway.backend.request(
+                "POST", "/api/show", [("content-type", "application/json")], content,
+                timeout=timeout, idle_timeout=idle)
+            data = await answer.read()
+        except UpstreamError as exc:
+            raise Refusal(502, f"the backend is not answering: {exc}",
+                          "backend_unreachable") from None
+        if answer.status == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                shown = json.loads(data)
+                if "vision" not in shown.setdefault("capabilities", []):
+                    shown["capabilities"].append("vision")
+                data = gojson.encode(shown)
+        self.metrics.duration.labels(self.label, self.metrics.model(self.model),
+                                     str(answer.status)).observe(
+            time.perf_counter() - self.started)
+        self.gateway.access(self.key.name, "POST", self.label, self.model, answer.status,
+                            self.started, None)
+        return Response(data, status_code=answer.status, media_type="application/json")
 
+    # --- the gateway's own endpoints ---------------------------------------------------------
 
-def main() -> None:
-    import argparse
-    import os
+    async def healthz(self) -> Response:
+        return JSONResponse({"status": "ok"})
 
-    import uvicorn
+    async def readyz(self) -> Response:
+        """Anonymous: ready or not, never where the backend is or what it holds. The answer
+        is kept for a second, so anonymous clients cannot make the backend work for them."""
+        stamp, status, body = self.gateway._readiness
+        if time.monotonic() - stamp > 1.0:
+            status, body = await self._readiness()
+            self.gateway._readiness = (time.monotonic(), status, body)
+        return JSONResponse(body, status_code=status)
 
-    parser = argparse.ArgumentParser(description="gemma-airgap API gateway")
-    parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080")))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        settings = Settings.load()
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    tls = {}
-    if settings.tls_certfile:
-        for path in (settings.tls_certfile, settings.tls_keyfile):
-            if not os.access(path, os.R_OK):
-                raise SystemExit(f"error: TLS file {path} is missing or unreadable")
-        tls = {"ssl_certfile": settings.tls_certfile, "ssl_keyfile": settings.tls_keyfile}
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
-                access_log=False, server_header=False, backlog=1024,
-                timeout_graceful_shutdown=5, **tls)
+    async def _readiness(self) -> tuple[int, dict]:
+        try:
+            tags = await self.gateway.backend_json("/api/tags")
+        except (UpstreamError, ValueError):
+            return 503, {"status": "not ready", "error": "the backend is not answering"}
+        names = [m.get("name") for m in tags.get("models", []) if isinstance(m, dict)]
+        if self.settings.expected_model and self.settings.expected_model not in names:
+            return 503, {"status": "not ready", "error": "the backend lacks the expected model"}
+        return 200, {"status": "ready"}
 
-
-if __name__ == "__main__":
-    main()
+    async def scrape(self) -> Response:
+        self.label = "/metrics"
+        self.authenticate(METRICS)
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

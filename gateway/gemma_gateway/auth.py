@@ -11,11 +11,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-INFERENCE = "inference"
-ADMIN = "admin"
-# Ollama's endpoints that change the model store need the admin scope.
-ADMIN_PATHS = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete",
-               "/api/blobs/")
+# The scopes a key may hold; which endpoint needs which is the route table's (routes.py).
+from .routes import ADMIN, INFERENCE, METRICS, SCOPES  # noqa: F401
 
 
 def hash_key(key: str) -> str:
@@ -24,10 +21,6 @@ def hash_key(key: str) -> str:
 
 def new_key() -> str:
     return "gk_" + secrets.token_urlsafe(32)
-
-
-def required_scope(path: str) -> str:
-    return ADMIN if path.startswith(ADMIN_PATHS) else INFERENCE
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,18 @@
-"""The gateway's configuration, parsed once into a typed object."""
+"""The gateway's configuration, parsed once into a typed object; anything malformed refused."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .auth import ADMIN, INFERENCE, ApiKey, Keyring
+from .auth import ApiKey, Keyring
 from .images import ImageLimits
 from .limits import KeyLimits
+from .policy import InferencePolicy
+from .routes import INFERENCE, SCOPES
 from .vision import VisionBackend
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -18,6 +20,26 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class ConfigError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may cost the gateway before it is refused or cut off."""
+
+    max_header_bytes: int = 32 * 1024      # request line and headers together (431 beyond)
+    max_headers: int = 100                 # header lines (431 beyond)
+    header_timeout: float = 10.0           # seconds to send the request line and headers
+    body_idle_timeout: float = 30.0        # a request body that stalls this long: 408
+    body_timeout: float = 300.0            # a request body (not a blob upload) in all: 408
+    max_connections: int = 1024            # beyond: 503
+    backend_timeout: float = 30.0          # backend's headers, metadata endpoints (504)
+    generation_timeout: float = 600.0      # backend's headers when it generates first (504)
+    stream_idle_timeout: float = 120.0     # a backend silent, or a client not reading, this long
+    max_upload_bytes: int = 64 * 1024 ** 3  # one /api/blobs upload (a model file)
+
+
+KNOWN = {"backend_url", "keys", "cors_origins", "max_body_bytes", "expected_model", "images",
+         "key_limits", "poll_seconds", "vision_backends", "tls", "inference_policy", "limits"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,8 @@ class Settings:
     vision_backends: tuple[VisionBackend, ...] = ()
     tls_certfile: str = ""
     tls_keyfile: str = ""
+    policy: InferencePolicy = field(default_factory=InferencePolicy)
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> Settings:
@@ -48,45 +72,75 @@ class Settings:
 
     @classmethod
     def from_dict(cls, raw: dict) -> Settings:
-        keys = []
-        for index, entry in enumerate(raw.get("keys", [])):
-            name = entry.get("name") or f"key-{index}"
-            digest = str(entry.get("sha256", "")).lower()
-            if not _SHA256.match(digest):
-                raise ConfigError(f"key {name!r}: sha256 must be 64 hex digits (the hash, "
-                                  "never the key itself)")
-            scopes = frozenset(entry.get("scopes") or [INFERENCE])
-            unknown = scopes - {INFERENCE, ADMIN}
-            if unknown:
-                raise ConfigError(f"key {name!r}: unknown scope(s) {sorted(unknown)}")
-            keys.append(ApiKey(name=name, sha256=digest, scopes=scopes))
-        vision = []
-        for entry in raw.get("vision_backends", []):
-            if not isinstance(entry, dict) or not entry.get("model") or \
-                    not str(entry.get("url", "")).startswith("http://"):
-                raise ConfigError(f"vision backend {entry!r}: needs 'model' (the Ollama model "
-                                  "name) and 'url' (http://host:port of an OpenAI-compatible "
-                                  "server)")
-            vision.append(VisionBackend(model=str(entry["model"]),
-                                        url=str(entry["url"]).rstrip("/"),
-                                        upstream_model=str(entry.get("upstream_model")
-                                                           or entry["model"])))
+        unknown = set(raw) - KNOWN
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(KNOWN)}")
         tls = raw.get("tls") or {}
         if bool(tls.get("certfile")) != bool(tls.get("keyfile")):
             raise ConfigError("tls needs both 'certfile' and 'keyfile' (or neither)")
-        if not str(raw.get("backend_url", cls.backend_url)).startswith("http://"):
+        backend_url = str(raw.get("backend_url", cls.backend_url))
+        if not backend_url.startswith("http://"):
             raise ConfigError("backend_url must be http://host:port (Ollama on the stack's "
                               "internal network)")
-        return cls(
-            backend_url=str(raw.get("backend_url", cls.backend_url)).rstrip("/"),
-            keyring=Keyring(keys),
-            cors_origins=tuple(raw.get("cors_origins", [])),
-            max_body_bytes=int(raw.get("max_body_bytes", cls.max_body_bytes)),
-            expected_model=str(raw.get("expected_model", "")),
-            images=ImageLimits(**raw.get("images", {})),
-            key_limits=KeyLimits(**raw.get("key_limits", {})),
-            poll_seconds=float(raw.get("poll_seconds", 15.0)),
-            vision_backends=tuple(vision),
-            tls_certfile=str(tls.get("certfile") or ""),
-            tls_keyfile=str(tls.get("keyfile") or ""),
-        )
+        try:
+            return cls(
+                backend_url=backend_url.rstrip("/"),
+                keyring=Keyring([_key(index, entry)
+                                 for index, entry in enumerate(raw.get("keys", []))]),
+                cors_origins=tuple(_origin(origin) for origin in raw.get("cors_origins", [])),
+                max_body_bytes=int(raw.get("max_body_bytes", cls.max_body_bytes)),
+                expected_model=str(raw.get("expected_model", "")),
+                images=ImageLimits(**raw.get("images", {})),
+                key_limits=KeyLimits(**raw.get("key_limits", {})),
+                poll_seconds=float(raw.get("poll_seconds", 15.0)),
+                vision_backends=tuple(_vision(entry) for entry in raw.get("vision_backends", [])),
+                tls_certfile=str(tls.get("certfile") or ""),
+                tls_keyfile=str(tls.get("keyfile") or ""),
+                policy=InferencePolicy.from_dict(raw.get("inference_policy", {})),
+                limits=_limits(raw.get("limits", {})),
+            )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"gateway configuration: {exc}") from None
+
+
+def _key(index: int, entry: dict) -> ApiKey:
+    name = entry.get("name") or f"key-{index}"
+    digest = str(entry.get("sha256", "")).lower()
+    if not _SHA256.match(digest):
+        raise ConfigError(f"key {name!r}: sha256 must be 64 hex digits (the hash, never the key "
+                          "itself)")
+    scopes = entry.get("scopes", [INFERENCE])
+    if not isinstance(scopes, list) or not scopes:
+        raise ConfigError(f"key {name!r}: scopes must list at least one of {sorted(SCOPES)}")
+    unknown = set(scopes) - SCOPES
+    if unknown:
+        raise ConfigError(f"key {name!r}: unknown scope(s) {sorted(unknown)}")
+    return ApiKey(name=name, sha256=digest, scopes=frozenset(scopes))
+
+
+def _origin(origin: str) -> str:
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", str(origin)):
+        raise ConfigError(f"cors origin {origin!r}: give scheme://host[:port], never '*'")
+    return str(origin)
+
+
+def _vision(entry: dict) -> VisionBackend:
+    if not isinstance(entry, dict) or not entry.get("model") or \
+            not str(entry.get("url", "")).startswith("http://"):
+        raise ConfigError(f"vision backend {entry!r}: needs 'model' (the Ollama model name) and "
+                          "'url' (http://host:port of an OpenAI-compatible server)")
+    return VisionBackend(model=str(entry["model"]), url=str(entry["url"]).rstrip("/"),
+                         upstream_model=str(entry.get("upstream_model") or entry["model"]))
+
+
+def _limits(raw: dict) -> ServerLimits:
+    names = {item.name for item in fields(ServerLimits)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(names)}")
+    limits = ServerLimits(**raw)
+    if any(getattr(limits, name) <= 0 for name in names):
+        raise ConfigError("every limit must be greater than 0")
+    return limits

@@ -1,7 +1,10 @@
 """Prometheus metrics of the gateway, in one registry owned by the app.
 
 Buckets are chosen for LLM latencies: milliseconds for metadata calls up to
-minutes for long generations and cold model loads.
+minutes for long generations and cold model loads. Every label value comes from
+a known set — endpoints from the route table, models from the backend's own
+list (and the configured vision models), statuses as numbers — and anything else
+is "other": a client cannot grow the series or fatten a scrape.
 """
 
 from __future__ import annotations
@@ -13,8 +16,13 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 
 
+OTHER = "other"
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, fixed_models: tuple[str, ...] = ()) -> None:
+        self.fixed_models = frozenset(model for model in fixed_models if model)
+        self.known_models = self.fixed_models
         self.registry = CollectorRegistry()
         r = self.registry
         self.duration = Histogram("gateway_request_duration_seconds",
@@ -47,16 +55,23 @@ class Metrics:
         self.available = Gauge("gateway_models_available", "Models in the backend's store",
                                registry=r)
 
+    def model(self, name: str) -> str:
+        """The label for a model name: itself when the backend has it, else "other"."""
+        return name if name in self.known_models else OTHER
+
     def record_backend(self, ps: dict, tags: dict) -> None:
-        """What the poller read from /api/ps and /api/tags."""
+        """What the poller read from /api/ps and /api/tags (the backend's own names)."""
+        names = [str(model.get("name", "")) for model in tags.get("models", [])[:1000]]
+        self.known_models = self.fixed_models | frozenset(name for name in names if name)
         self.loaded.clear()
         self.loaded_bytes.clear()
         for model in ps.get("models", []):
-            self.loaded.labels(model.get("name", "")).set(1)
-            self.loaded_bytes.labels(model.get("name", "")).set(model.get("size") or 0)
-        self.available.set(len(tags.get("models", [])))
+            label = self.model(str(model.get("name", "")))
+            self.loaded.labels(label).set(1)
+            self.loaded_bytes.labels(label).set(model.get("size") or 0)
+        self.available.set(len(names))
 
-    def record_final(self, endpoint: str, model: str, final: dict) -> None:
+    def record_final(self, model: str, final: dict) -> None:
         """Ollama's final stream object (or non-streamed answer): tokens and durations."""
         self.prompt_tokens.labels(model).inc(final.get("prompt_eval_count") or 0)
         completion = final.get("eval_count") or 0

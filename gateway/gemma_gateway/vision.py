@@ -26,6 +26,10 @@ class TranslationError(ValueError):
     """A 400: the request cannot be expressed for the vision backend."""
 
 
+class BackendFailed(Exception):
+    """The vision backend reported a failure in its answer (a 502, or an error line)."""
+
+
 @dataclass(frozen=True)
 class VisionBackend:
     model: str            # the name clients use (Ollama's model name)
@@ -124,7 +128,14 @@ class OllamaShaper:
         return (json.dumps(self._text(text, False)) + "\n").encode()
 
     def note(self, chunk: dict) -> str:
-        """Take one OpenAI chunk; return its text."""
+        """Take one OpenAI chunk; return its text. A chunk that reports an error (llama.cpp's
+        server sends `{"error": ...}` when generation fails mid-stream) raises BackendFailed."""
+        if not isinstance(chunk, dict):
+            raise BackendFailed("the vision backend sent something that is not a JSON object")
+        problem = chunk.get("error")
+        if problem:
+            message = problem.get("message") if isinstance(problem, dict) else problem
+            raise BackendFailed(f"the vision backend failed: {message}")
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         if chunk.get("timings"):
@@ -163,22 +174,3 @@ class OllamaShaper:
                    prompt_eval_count=prompt_n, prompt_eval_duration=prompt_ns,
                    eval_count=eval_n, eval_duration=max(eval_ns, 1))
         return obj
-
-
-def sse_data(line: bytes) -> bytes | None:
-    """The payload of one SSE line if it is a `data:` line, else None."""
-    line = line.strip()
-    return line[5:].strip() if line.startswith(b"data:") else None
-
-
-def sse_events(buffer: bytearray, chunk: bytes):
-    """Complete `data:` payloads from an SSE byte stream (buffer keeps the rest)."""
-    buffer += chunk
-    while True:
-        cut = buffer.find(b"\n")
-        if cut < 0:
-            return
-        payload = sse_data(bytes(buffer[:cut]))
-        del buffer[:cut + 1]
-        if payload is not None:
-            yield payload

@@ -23,6 +23,7 @@ from tests.standin.conftest import (
 
 INFERENCE_KEY = new_key()
 ADMIN_KEY = new_key()
+METRICS_KEY = new_key()  # what Prometheus scrapes /metrics with
 
 
 class Gateway:
@@ -35,13 +36,15 @@ class Gateway:
                   "keys": [{"name": "team-a", "sha256": hash_key(INFERENCE_KEY),
                             "scopes": ["inference"]},
                            {"name": "ops", "sha256": hash_key(ADMIN_KEY),
-                            "scopes": ["inference", "admin"]}], **overrides}
+                            "scopes": ["inference", "admin"]},
+                           {"name": "prometheus", "sha256": hash_key(METRICS_KEY),
+                            "scopes": ["metrics"]}], **overrides}
         path = tmp_path / f"gateway-{self.port}.json"
         path.write_text(json.dumps(config))
         env = dict(os.environ, GATEWAY_CONFIG=str(path), PYTHONPATH=str(ROOT / "gateway"))
         self.log = open(tmp_path / f"gateway-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gemma_gateway.app", "--host", "127.0.0.1", "--port",
+            [sys.executable, "-m", "gemma_gateway.server", "--host", "127.0.0.1", "--port",
              str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_listening(self.port, self.process, 20):
             self.stop()

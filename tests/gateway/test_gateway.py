@@ -12,7 +12,7 @@ from pathlib import Path
 import ollama
 import pytest
 
-from .conftest import ADMIN_KEY, INFERENCE_KEY
+from .conftest import ADMIN_KEY, INFERENCE_KEY, METRICS_KEY
 
 MODEL = "gemma3:270m"
 
@@ -29,7 +29,9 @@ def http(gateway, method, path, body=None, headers=None):
 
 
 def metric(gateway, name: str, **labels) -> float:
-    _status, _headers, body = http(gateway, "GET", "/metrics")
+    status, _headers, body = http(gateway, "GET", "/metrics",
+                                  headers={"Authorization": f"Bearer {METRICS_KEY}"})
+    assert status == 200, body
     total = 0.0
     for line in body.decode().splitlines():
         if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
@@ -96,12 +98,14 @@ def test_refusals_name_the_reason(gateway):
 
 def test_cors_preflight_allows_only_the_listed_origin(gateway):
     ok, headers, _ = http(gateway, "OPTIONS", "/api/chat", headers={
-        "Origin": "https://chat.example.internal", "Access-Control-Request-Method": "POST"})
-    assert ok == 204
+        "Origin": "https://chat.example.internal", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"})
+    assert ok == 200  # Starlette's CORSMiddleware
     assert headers["access-control-allow-origin"] == "https://chat.example.internal"
+    assert "x-stainless-os" in headers["access-control-allow-headers"].lower()
     refused, headers, _ = http(gateway, "OPTIONS", "/api/chat", headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
-    assert refused == 403 and "access-control-allow-origin" not in headers
+    assert refused == 400 and "access-control-allow-origin" not in headers
 
 
 def test_streaming_is_passed_through_not_buffered(gateway):
@@ -142,7 +146,8 @@ def test_metrics_count_what_was_sent(gateway):
 def test_health_and_readiness(gateway):
     assert http(gateway, "GET", "/healthz")[0] == 200
     status, _headers, body = http(gateway, "GET", "/readyz")
-    assert status == 200 and MODEL in json.loads(body)["models"]
+    # Anonymous: ready or not, never the backend's address or its models.
+    assert (status, json.loads(body)) == (200, {"status": "ready"})
 
 
 def test_backend_down_is_a_502_with_a_reason_and_the_gateway_stays_up(tmp_path):
@@ -152,8 +157,10 @@ def test_backend_down_is_a_502_with_a_reason_and_the_gateway_stays_up(tmp_path):
     try:
         status, _h, body = http(lonely, "GET", "/api/tags",
                                 headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
-        assert status == 502 and "is not answering" in json.loads(body)["error"]
-        assert http(lonely, "GET", "/readyz")[0] == 503
+        message = json.loads(body)["error"]
+        assert status == 502 and "is not answering" in message and "127.0.0.1:9" not in message
+        status, _h, body = http(lonely, "GET", "/readyz")
+        assert status == 503 and b"127.0.0.1" not in body
         assert http(lonely, "GET", "/healthz")[0] == 200
     finally:
         lonely.stop()
@@ -254,10 +261,35 @@ def test_backend_dying_mid_stream_ends_with_an_error_line_and_the_gateway_stays_
                 if len(lines) == 5:
                     backend.process.kill()  # the backend dies while tokens are flowing
         assert len(lines) > 5
-        assert "error" in lines[-1] and "backend stream broke" in lines[-1]["error"]
+        assert "error" in lines[-1] and "the backend broke the answer" in lines[-1]["error"]
         assert not any(line.get("done") for line in lines)
         assert http(front, "GET", "/healthz")[0] == 200
     finally:
         if front:
             front.stop()
         backend.stop()
+
+
+def test_blobs_are_uploaded_through_with_an_admin_key_and_held_to_the_upload_limit(
+        tmp_path, standin):
+    import hashlib
+
+    from .conftest import Gateway
+
+    capped = Gateway(standin.url, tmp_path, limits={"max_upload_bytes": 100_000})
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        data = b"a small layer" * 1000
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        request = urllib.request.Request(capped.url + f"/api/blobs/{digest}", data=data,
+                                         method="POST", headers=admin)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 201
+        assert http(capped, "HEAD", f"/api/blobs/{digest}", headers=admin)[0] == 200
+        big = b"b" * 200_000
+        status, _h, body = http(capped, "POST", "/api/blobs/sha256:" +
+                                hashlib.sha256(big).hexdigest(), None,
+                                {**admin, "Content-Length": str(len(big))})
+        assert status == 413 and "exceeds the limit of 100000 bytes" in json.loads(body)["error"]
+    finally:
+        capped.stop()

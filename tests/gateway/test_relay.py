@@ -25,7 +25,9 @@ AUTH = {"Authorization": f"Bearer {INFERENCE_KEY}", "Content-Type": "application
 
 @pytest.fixture(scope="module")
 def openai_gateway(openai_server, tmp_path_factory):
-    server = Gateway(openai_server.url, tmp_path_factory.mktemp("v1"), expected_model="")
+    # This backend has no /api/tags to learn model names from: the expected model is the
+    # one name the gateway knows, so its metrics carry it (others are "other").
+    server = Gateway(openai_server.url, tmp_path_factory.mktemp("v1"), expected_model=MODEL)
     yield server
     server.stop()
 
@@ -80,8 +82,9 @@ def test_v1_needs_a_key_and_lists_models_with_one(openai_gateway):
     assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [MODEL]
 
 
-def raw_generate(gateway: Gateway, num_predict: int) -> socket.socket:
+def raw_generate(gateway: Gateway, num_predict: int, stream: bool = True) -> socket.socket:
     body = json.dumps({"model": MODEL, "prompt": "Once upon a time", "raw": True,
+                       "stream": stream,
                        "options": {"num_predict": num_predict, "stop": []}}).encode()
     port = int(gateway.url.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -93,9 +96,15 @@ def raw_generate(gateway: Gateway, num_predict: int) -> socket.socket:
 
 @pytest.mark.parametrize("when", ["before the answer", "mid-stream"])
 def test_a_client_that_goes_away_frees_its_slot_and_the_backend(tmp_path, standin, when):
+    """Before the answer: stream false, whose answer comes only after the last token."""
     limited = Gateway(standin.url, tmp_path, key_limits={"concurrency": 1})
     try:
-        sock = raw_generate(limited, 2000)  # ~50 s of tokens if nobody stopped it
+        # ~50 s of tokens if nobody stopped it
+        sock = raw_generate(limited, 2000, stream=when == "mid-stream")
+        deadline = time.monotonic() + 10
+        while metric(limited, "gateway_requests_in_flight") != 1:
+            assert time.monotonic() < deadline, "the request never reached the backend"
+            time.sleep(0.02)
         if when == "mid-stream":
             received = b""
             while received.count(b"\n") < 12:  # headers and a few tokens
@@ -148,7 +157,8 @@ def test_tls_with_an_unreadable_certificate_refuses_to_start(tmp_path):
     from tests.standin.conftest import ROOT
 
     result = subprocess.run(
-        [sys.executable, "-m", "gemma_gateway.app", "--port", "1"], capture_output=True, text=True,
+        [sys.executable, "-m", "gemma_gateway.server", "--port", "1"], capture_output=True,
+        text=True,
         env={"GATEWAY_CONFIG": str(config), "PYTHONPATH": str(ROOT / "gateway"),
              "PATH": "/usr/bin:/bin"}, timeout=30)
     assert result.returncode != 0

@@ -10,11 +10,11 @@ import json
 
 import pytest
 
+from gemma_gateway.relay import sse_events
 from gemma_gateway.vision import (
     OllamaShaper,
     TranslationError,
     VisionBackend,
-    sse_events,
     to_openai,
 )
 
