@@ -42,8 +42,20 @@ def test_the_gateway_wants_a_key_and_honours_scopes():
     status, body = call("http://127.0.0.1:8080/api/tags", "gk_lab-user-key-not-a-secret")
     assert status == 200 and "gemma3:270m" in body
     assert call("http://127.0.0.1:8080/readyz")[0] == 200
-    metrics = call("http://127.0.0.1:8080/metrics")[1]
-    assert "gateway_request_duration_seconds" in metrics
+    assert call("http://127.0.0.1:8080/metrics")[0] == 401  # only Prometheus's key reads it
+    assert call("http://127.0.0.1:8080/metrics", "gk_lab-user-key-not-a-secret")[0] == 403
+    status, metrics = call("http://127.0.0.1:8080/metrics", "gk_lab-metrics-key-not-a-secret")
+    assert status == 200 and "gateway_request_duration_seconds" in metrics
+
+
+def test_an_inference_key_cannot_unload_the_preloaded_model():
+    from .test_releases import call as gateway_call
+
+    status, body = gateway_call("/api/generate", {"model": "gemma3:270m", "prompt": "",
+                                                  "keep_alive": 0})
+    assert status == 400 and "may not set keep_alive" in body
+    status, body = gateway_call("/api/ps")
+    assert status == 200 and "gemma3:270m" in body  # still loaded, for good
 
 
 def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
