@@ -8,6 +8,8 @@
 2. Under LLM-paced load: a backend streaming 50 NDJSON chunks 20 ms apart, 64
    concurrent streams, direct vs through the gateway: time to first token added
    (target < 1 ms p50) and total throughput (target >= 95% of direct).
+3. Memory: the gateway's resident size idle, then after the tenant-isolation load and the
+   hostile suite's clients (in front of the Ollama stand-in): it must stay bounded.
 
 The backends are measuring equipment for the gateway's overhead, not models.
 Needs Debian's nginx and wrk (`apt-get install nginx-light wrk`).
@@ -69,16 +71,18 @@ def wait_port(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start_gateway(work: Path, backend: str) -> tuple[subprocess.Popen, int]:
+def start_gateway(work: Path, backend: str,
+                  keys: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
     sys.path.insert(0, str(ROOT / "gateway"))
     from gemma_gateway.auth import hash_key
 
     port = free_port()
     config = work / f"gateway-{port}.json"
     config.write_text(json.dumps({"backend_url": backend, "poll_seconds": 3600, "keys": [
-        {"name": "bench", "sha256": hash_key(KEY), "scopes": ["inference"]}]}))
+        {"name": f"bench-{number}", "sha256": hash_key(key), "scopes": ["inference"]}
+        for number, key in enumerate((KEY, *keys))]}))
     process = subprocess.Popen(
-        [sys.executable, "-m", "gemma_gateway.app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "gemma_gateway.server", "--host", "127.0.0.1", "--port", str(port)],
         env=dict(os.environ, GATEWAY_CONFIG=str(config), PYTHONPATH=str(ROOT / "gateway")),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -147,6 +151,78 @@ async def streams(url: str, auth: bool, concurrency: int = 64) -> tuple[list[flo
         return list(ttfts), time.perf_counter() - started
 
 
+def memory(pid: int) -> tuple[float, float]:
+    """(resident MiB now, peak MiB) of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    return rss, peak
+
+
+def hostile_clients(port: int) -> None:
+    """What test_hostile.py sends, in bulk: huge heads, half-sent heads, huge model names,
+    a chunked body far over the limit."""
+    opened = []
+    for _ in range(200):  # half-sent requests, held open
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: g\r\nX-Slow: ")
+        opened.append(sock)
+    for _ in range(20):  # 1 MB of headers each, no key
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            try:
+                sock.sendall(b"GET /api/tags HTTP/1.1\r\n" + b"X-F: " + b"a" * 1_000_000 +
+                             b"\r\n\r\n")
+                sock.recv(100)
+            except OSError:
+                pass
+    head = (b"POST /api/show HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer " + KEY.encode() +
+            b"\r\nContent-Type: application/json\r\n")
+    for _ in range(20):  # 2 MB model names
+        body = json.dumps({"model": "m" * 2_000_000}).encode()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            sock.recv(1000)
+    with socket.create_connection(("127.0.0.1", port)) as sock:  # 300 MiB, chunked
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(4800):
+                sock.sendall(b"10000\r\n" + b"x" * 65536 + b"\r\n")
+        except OSError:
+            pass
+    for sock in opened:
+        sock.close()
+
+
+def rss_under_attack(work: Path) -> None:
+    """3. The gateway's memory under the hostile suite's clients and the isolation load."""
+    sys.path.insert(0, str(ROOT))
+    import tests.conftest  # noqa: F401  (the stand-in's paths)
+    from tests.gateway.test_isolation import KEYS, load
+    from tests.standin.conftest import StandIn, import_lab_model
+
+    backend = StandIn(work / "models")
+    try:
+        import_lab_model(backend.client())
+        gateway, port = start_gateway(work, backend.url, tuple(KEYS))
+        try:
+            idle = memory(gateway.pid)
+            tally = asyncio.run(load(port))
+            hostile_clients(port)
+            tally_again = asyncio.run(load(port))
+            after = memory(gateway.pid)
+            print("3. Gateway memory: idle, then 2 x 1,200 isolation requests (8 keys, chunked, "
+                  "Expect, abandoned) and the hostile clients (200 half-sent heads, 1 MB heads, "
+                  "2 MB model names, 300 MiB chunked body)")
+            print(f"   idle RSS {idle[0]:6.1f} MiB; after RSS {after[0]:6.1f} MiB, "
+                  f"peak {after[1]:6.1f} MiB; answers to another client: "
+                  f"{len(tally['wrong']) + len(tally_again['wrong'])}")
+        finally:
+            gateway.terminate()
+            gateway.wait(10)
+    finally:
+        backend.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
@@ -198,6 +274,7 @@ def main() -> None:
             added = (statistics.median(gw_ttft) - statistics.median(direct_ttft)) * 1000
             print(f"   gateway adds {added:.2f} ms TTFT p50; throughput "
                   f"{direct_wall / gw_wall:.3f} of direct (target >= 0.95)")
+            rss_under_attack(work)
         finally:
             for process in processes:
                 process.terminate()
