@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from . import gojson
+from .accesslog import AccessLog
 from .config import Settings
 from .images import ImageError, check_data_urls, check_images
 from .limits import Limiter
@@ -48,7 +48,6 @@ from .routes import (
 from .upstream import Upstream, UpstreamError, UpstreamTimeout
 from .vision import BackendFailed, OllamaShaper, TranslationError, to_openai
 
-log = logging.getLogger("gemma_gateway.access")
 # The only request headers a backend sees (Origin, Referer, Expect, Connection and
 # whatever a Connection header names never cross); the only answer headers relayed.
 FORWARDED = (b"content-type", b"accept", b"user-agent")
@@ -110,10 +109,13 @@ class Gateway:
         self.capabilities: dict[str, tuple[float, list]] = {}
         self._poller: asyncio.Task | None = None
         self.heavy = asyncio.Semaphore(2)
+        self.access_log = AccessLog()
         self._readiness: tuple[float, int, dict] = (0.0, 503, {})
 
     def asgi(self):
         """The app as served: CORS for the configured origins around the gateway."""
+        if not self.settings.cors_origins:
+            return self  # no browser origin is allowed: nothing for a middleware to do
         return CORSMiddleware(self, allow_origins=list(self.settings.cors_origins),
                               allow_methods=["GET", "POST", "DELETE", "HEAD"],
                               allow_headers=BROWSER_HEADERS, expose_headers=["Retry-After"],
@@ -138,6 +140,7 @@ class Gateway:
                 await self.backend.close()
                 for _, upstream in self.vision.values():
                     await upstream.close()
+                self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -172,15 +175,13 @@ class Gateway:
     def access(self, key: str, method: str, endpoint: str, model: str, status: int,
                started: float, final: dict | None) -> None:
         """One JSON line per request: who, what, how long; never prompt or image content."""
-        if not log.isEnabledFor(logging.INFO):
-            return
         entry = {"key": key, "method": method, "endpoint": endpoint,
                  "model": self.metrics.model(model), "status": status,
                  "duration_s": round(time.perf_counter() - started, 4)}
         if final:
             entry.update(prompt_tokens=final.get("prompt_eval_count"),
                          completion_tokens=final.get("eval_count"))
-        log.info(json.dumps(entry))
+        self.access_log.write(entry)
 
 
 class Call:
@@ -292,7 +293,8 @@ class Call:
             if deadline is not None:
                 wait = min(wait, deadline - loop.time())
             try:
-                message = await asyncio.wait_for(self.receive(), max(wait, 0.001))
+                async with asyncio.timeout(max(wait, 0.001)):
+                    message = await self.receive()
             except TimeoutError:
                 raise Refusal(408, "the request body arrives too slowly", "body_too_slow",
                               {"Connection": "close"}) from None
@@ -397,10 +399,14 @@ class Call:
         """The backend's answer head, or ClientGone when the client leaves first (the
         backend's connection is then closed: it stops working for nobody)."""
         timeout, idle = self.timeouts()
-        asking = asyncio.ensure_future(upstream.request(method, target, headers, body,
-                                                        timeout=timeout, idle_timeout=idle))
-        if not watch:  # the body is still being read from the client: it watches itself
+        asking = upstream.request(method, target, headers, body, timeout=timeout,
+                                  idle_timeout=idle)
+        if not watch or not self.route.slow:
+            # An upload reads the client as it goes (it notices a departure itself); a quick
+            # answer is bounded by backend_timeout, and watching for departures costs two
+            # tasks a request.
             return await asking
+        asking = asyncio.ensure_future(asking)
         leaving = asyncio.ensure_future(client_gone(self.receive))
         try:
             await asyncio.wait((asking, leaving), return_when=asyncio.FIRST_COMPLETED)
@@ -458,7 +464,7 @@ class Call:
         if length is not None and length.isdigit():
             headers.append((b"content-length", length.encode()))
         return Relay(answer.status, headers, body(), self.finisher(state, watcher),
-                     self.settings.limits.stream_idle_timeout)
+                     self.settings.limits.stream_idle_timeout, watch=self.route.slow)
 
     def finisher(self, state: dict, watcher: Watcher | None):
         """What happens once a relayed answer is over: metrics, access log, the key's slot."""

@@ -108,18 +108,28 @@ class Relay:
     """An ASGI response relaying `body`; `finish()` runs exactly once, whatever happens.
 
     A client that stops reading for `send_timeout` seconds is given up on like one that
-    left: the backend's connection is closed, and so is the client's."""
+    left: the backend's connection is closed, and so is the client's. `watch` listens for a
+    departure while sending (an answer that takes long); a quick one needs no listener."""
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]],
                  body: AsyncIterator[bytes], finish: Callable[[], None],
-                 send_timeout: float = 120.0) -> None:
+                 send_timeout: float = 120.0, watch: bool = True) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.finish = finish
         self.send_timeout = send_timeout
+        self.watch = watch
 
     async def __call__(self, scope, receive, send) -> None:
+        if not self.watch:
+            try:
+                await self._stream(send)
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.body.aclose()
+                self.finish()
+            return
         try:
             sending = asyncio.ensure_future(self._stream(send))
             listener = asyncio.ensure_future(client_gone(receive))
@@ -137,13 +147,16 @@ class Relay:
             self.finish()
 
     async def _stream(self, send) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(send({"type": "http.response.start", "status": self.status,
-                                         "headers": self.headers}), self.send_timeout)
-            async for chunk in self.body:
-                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk,
-                                             "more_body": True}), self.send_timeout)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async with asyncio.timeout(self.send_timeout) as deadline:
+                await send({"type": "http.response.start", "status": self.status,
+                            "headers": self.headers})
+                async for chunk in self.body:
+                    deadline.reschedule(loop.time() + self.send_timeout)
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:
             return  # the response is left incomplete: the server closes the connection
 

@@ -216,7 +216,8 @@ class Response:
                 exchange.arrived.clear()
                 connection.resume()
                 try:
-                    await asyncio.wait_for(exchange.arrived.wait(), self._idle_timeout)
+                    async with asyncio.timeout(self._idle_timeout):
+                        await exchange.arrived.wait()
                 except TimeoutError:
                     raise UpstreamTimeout(f"the backend sent nothing for "
                                           f"{self._idle_timeout:g} s") from None
@@ -355,7 +356,8 @@ class Upstream:
                 transport.write(b"0\r\n\r\n")
             else:
                 transport.write(head + bytes(body) if body else head)
-            await asyncio.wait_for(self._headers(connection, exchange), timeout)
+            async with asyncio.timeout(timeout):
+                await self._headers(connection, exchange)
         except TimeoutError:
             connection.close()
             raise UpstreamTimeout(f"the backend did not answer within {timeout:g} s") from None

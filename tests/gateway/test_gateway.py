@@ -293,3 +293,25 @@ def test_blobs_are_uploaded_through_with_an_admin_key_and_held_to_the_upload_lim
         assert status == 413 and "exceeds the limit of 100000 bytes" in json.loads(body)["error"]
     finally:
         capped.stop()
+
+
+def test_the_access_log_says_who_and_what_but_never_the_prompt(tmp_path, standin):
+    from .conftest import Gateway
+
+    logged = Gateway(standin.url, tmp_path)
+    try:
+        secret = "the-prompt-text-" + base64.b16encode(b"never logged").decode()
+        answer = logged.client().generate(model=MODEL, prompt=secret, raw=True,
+                                          options={"num_predict": 2})
+        assert answer.done
+        http(logged, "GET", "/api/tags", headers={"Authorization": "Bearer gk_nope"})
+        time.sleep(0.5)  # lines are written in batches, at most 0.2 s apart
+    finally:
+        logged.stop()
+    text = Path(logged.log.name).read_text()
+    assert secret not in text and answer.response not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    generated = [line for line in lines if line["endpoint"] == "/api/generate"]
+    assert generated[0]["key"] == "team-a" and generated[0]["status"] == 200
+    assert generated[0]["model"] == MODEL and generated[0]["completion_tokens"] == 2
+    assert any(line["status"] == 401 and line["key"] == "-" for line in lines)
