@@ -51,6 +51,11 @@ lint: setup
 	$(BIN)/yamllint --strict .
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production
+	@# Every module's documentation must be readable by ansible-doc (operators read it offline).
+	for module in library/*.py; do \
+	  ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-doc -t module "$$(basename $$module .py)" \
+	    >/dev/null || exit 1; \
+	done
 
 # The stand-in's Go front first (gofmt, go vet, go test; built from Debian's Go packages).
 unit: setup

@@ -216,10 +216,11 @@ def test_a_trickled_body_is_cut_off(tmp_path):
 # --- 7. a client that stops reading holds the backend (and Ollama's slot) forever --------------
 
 
-class Firehose:
+class Firehose(Scripted):
     """A backend that streams NDJSON as fast as it is read, and notes when it is cut off."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.cut_off = threading.Event()
 
     async def _handle(self, reader, writer) -> None:
@@ -239,25 +240,6 @@ class Firehose:
             self.cut_off.set()
         finally:
             writer.close()
-
-    def __enter__(self) -> str:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve():
-            asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0))
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=serve, daemon=True).start()
-        ready.wait(5)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 def test_a_client_that_stops_reading_is_dropped(tmp_path):

@@ -150,6 +150,20 @@ def test_an_unknown_model_fails_naming_it(built):
     assert "Model gemma3n:e8b could not be pulled" in result.stdout
 
 
+def test_parameters_ollama_would_refuse_stop_prepare_in_preflight(built):
+    # Ollama stores these as they come and then answers every request with a 500.
+    root, _first = built
+    models = json.dumps({"bundle_models": [
+        {"name": "gemma3:270m", "parameters": {"stop": "<end_of_turn>", "num_ctx": "4096",
+                                               "temprature": 0.5}}]})
+    result = prepare(root, "-e", models, version="bad-parameters")
+    assert result.returncode != 0
+    assert 'option "stop" must be of type array' in result.stdout
+    assert 'option "num_ctx" must be of type integer' in result.stdout
+    assert "unknown option 'temprature'" in result.stdout
+    assert not (root / "bad-parameters").exists()
+
+
 def test_a_missing_local_image_fails_before_any_work(built):
     root, _first = built
     images = json.dumps({"bundle_images": [
