@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     limits = settings.limits
     uvicorn.run(Gateway(settings).asgi(), host=args.host, port=args.port, log_level="warning",
                 access_log=False, server_header=False, date_header=False, backlog=1024,
+                # The gateway is the edge: no proxy in front whose X-Forwarded-* it could trust.
+                proxy_headers=False,
                 loop="uvloop", http=protocol_for(limits),
                 # uvicorn counts the asking connection itself: +1 serves max_connections.
                 limit_concurrency=limits.max_connections + 1, timeout_keep_alive=5,
