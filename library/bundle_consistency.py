@@ -37,13 +37,8 @@ options:
     description: The bundle directory, already verified by M(bundle_manifest).
     type: path
     required: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
+extends_documentation_fragment:
+  - gemma_airgap.attributes
 requirements:
   - Python standard library only.
 seealso:

@@ -63,13 +63,8 @@ options:
     description: Reuse hashes of files whose size, mtime and inode did not change.
     type: bool
     default: true
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
+extends_documentation_fragment:
+  - gemma_airgap.attributes
 notes:
   - C(SHA256SUMS) covers C(bundle.json); it does not cover itself. Carry its own
     digest out of band (the media tar's C(.sha256)) where that matters.
@@ -132,6 +127,14 @@ manifest:
   description: The content of bundle.json (with O(state=verified), as read and verified).
   returned: success
   type: dict
+bytes_by_dir:
+  description:
+    - Bytes of the covered files under each top-level directory of the bundle (files at
+      its top, such as C(bundle.json), are in none), from the sizes this run already read.
+    - Only regular files count, not the directories themselves (unlike C(du)).
+  returned: success
+  type: dict
+  sample: {"images": 1203741696, "models": 5619863552, "packages": 98304512}
 """
 
 import hashlib
@@ -215,6 +218,20 @@ def load_json(path, default):
         return json.loads(read_regular(path, SUMS_LIMIT).decode("utf-8"))
     except (OSError, ValueError):
         return default
+
+
+def bytes_by_dir(sizes):
+    """{top-level directory: bytes of the files below it} from {relative path: size}.
+
+    prepare's summary shows each part of the bundle from this rather than running du
+    over the directories again.
+    """
+    totals = {}
+    for path, size in sizes.items():
+        top, sep, _rest = path.partition("/")
+        if sep:
+            totals[top] = totals.get(top, 0) + size
+    return totals
 
 
 def hash_all(root, paths, jobs):
@@ -304,6 +321,7 @@ def seal(root, version, metadata, jobs, use_cache, check_mode):
         "total_bytes": manifest["total_bytes"] + len(meta_bytes),
         "manifest": manifest,
         "version": version,
+        "bytes_by_dir": bytes_by_dir(dict((p, s.st_size) for p, s in stats.items())),
     })
     return result
 
@@ -419,7 +437,8 @@ def verify(root, jobs):
     result.update({"bad_files": bad, "total_bytes": sum(sizes.values()),
                    "hashed": len(actual), "hashed_bytes": sum(sizes.values())})
     if manifest is not None:
-        result.update({"manifest": manifest, "version": manifest["version"]})
+        result.update({"manifest": manifest, "version": manifest["version"],
+                       "bytes_by_dir": bytes_by_dir(sizes)})
     return result
 
 

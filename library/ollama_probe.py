@@ -79,13 +79,8 @@ options:
     description: Appended to failure messages (e.g. the command that shows the server's logs).
     type: str
     default: ""
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
+extends_documentation_fragment:
+  - gemma_airgap.attributes
 requirements:
   - Python standard library only.
 seealso:

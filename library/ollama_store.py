@@ -58,13 +58,8 @@ options:
       - Default C(.<name>.hashcache.json) beside O(dest), never inside a store. Set it
         when O(dest) is inside a bundle, so the cache stays out of the bundle.
     type: path
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
+extends_documentation_fragment:
+  - gemma_airgap.attributes
 requirements:
   - Python standard library only.
 seealso:

@@ -1,7 +1,9 @@
 # -*- coding: utf-8 -*-
-# Shared by the gemma-airgap modules; stdlib only (it runs on closed-network targets).
+# Shared by the gemma-airgap modules; Ansible's own module_utils only (it runs on
+# closed-network targets, where nothing else can be installed).
 """The one HTTP client of the modules: JSON requests and NDJSON streams to Ollama's API.
 
+Requests go through ansible.module_utils.urls, so TLS and CA handling are Ansible's.
 Errors carry what an operator needs: the URL, the HTTP status and Ollama's
 `{"error": ...}` text, or the connection failure.
 """
@@ -10,10 +12,11 @@ from __future__ import absolute_import, division, print_function
 
 import json
 import socket
-import ssl
 import time
 from urllib.error import HTTPError, URLError
-from urllib.request import Request, urlopen
+
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import Request, make_context
 
 __metaclass__ = type
 
@@ -33,12 +36,20 @@ class OllamaClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = dict(headers or {})
-        self.context = None
+        # One TLS context for all requests: Ansible's (the system's CAs, as open_url
+        # trusts them), built once rather than re-reading the CA store on every request.
+        context = make_context(cafile=ca_path)
         if ca_path:
             # The chain is verified against ca_path; the name is not, because probes reach
             # the gateway on the target's loopback while its certificate names the host.
-            self.context = ssl.create_default_context(cafile=ca_path)
-            self.context.check_hostname = False
+            # open_url's own ca_path would also check the name, hence a context of ours.
+            context.check_hostname = False
+        # use_proxy=False: Ollama and the gateway are on the closed network (mostly the
+        # target's loopback); a proxy from the environment (http_proxy, https_proxy) can
+        # never reach them and would turn a healthy server into a connection failure.
+        # use_netrc=False: a ~/.netrc entry for the host would replace the Bearer key.
+        self.request = Request(use_proxy=False, use_netrc=False, context=context,
+                               follow_redirects="urllib2")
 
     def _open(self, method, path, body=None, timeout=None):
         url = self.base_url + path
@@ -46,9 +57,9 @@ class OllamaClient:
         headers = dict(self.headers)
         if data is not None:
             headers["Content-Type"] = "application/json"
-        request = Request(url, data=data, method=method, headers=headers)
         try:
-            return urlopen(request, timeout=timeout or self.timeout, context=self.context)
+            return self.request.open(method, url, data=data, headers=headers,
+                                     timeout=timeout or self.timeout)
         except HTTPError as error:
             raw = error.read()
             try:
@@ -56,7 +67,7 @@ class OllamaClient:
             except (ValueError, AttributeError):
                 message = raw.decode("utf-8", "replace").strip() or error.reason
             raise ApiError(url, message, error.code) from None
-        except (URLError, socket.timeout, ConnectionError, OSError) as error:
+        except (URLError, UrlsConnectionError, socket.timeout, ConnectionError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ApiError(url, "cannot connect (%s)" % reason) from None
 

@@ -65,3 +65,15 @@ def test_the_documented_options_are_the_options_the_module_takes(module):
     assert marker in result["msg"], result["msg"]
     taken = result["msg"].split(marker, 1)[1].rstrip(".").split(", ")
     assert sorted(taken) == sorted(options)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_the_attributes_are_documented_and_check_mode_is_what_the_module_declares(module):
+    """The attributes come from doc_fragments/gemma_airgap.py: ansible-doc must find it."""
+    attributes = ansible_doc(module)["doc"].get("attributes") or {}
+    assert {"check_mode", "diff_mode", "idempotent"} <= set(attributes), attributes
+    for name, attribute in attributes.items():
+        assert attribute.get("description"), f"{module}: attribute {name} is not described"
+        assert attribute.get("support") in ("full", "partial", "none", "N/A"), (module, name)
+    declares = "supports_check_mode=True" in (ROOT / "library" / f"{module}.py").read_text()
+    assert declares == (attributes["check_mode"]["support"] != "none"), module

@@ -14,6 +14,7 @@ import yaml
 from tests.conftest import ROOT
 
 ROLE = ROOT / "roles" / "ollama_stack"
+SHARED = ROOT / "roles" / "gemma_airgap"  # the facts the stack shares with other roles
 BUNDLE = {"version": "v1", "images": [
     {"name": "ollama", "image": "ollama/ollama:0.32.15"},
     {"name": "gateway", "image": "gemma-airgap/gateway:v1"},
@@ -28,7 +29,7 @@ def play(tmp_path: Path, tasks: str, **variables) -> subprocess.CompletedProcess
     (tmp_path / "play.yml").write_text(f"""
 - hosts: localhost
   gather_facts: false
-  vars_files: [{ROLE}/defaults/main.yml, {tmp_path}/vars.json]
+  vars_files: [{SHARED}/defaults/main.yml, {ROLE}/defaults/main.yml, {tmp_path}/vars.json]
   tasks:
 {tasks}
 """)
@@ -130,3 +131,19 @@ def test_a_bundle_without_a_vision_service_renders_and_validates(tmp_path, visio
 """, release_bundle=bundle)
     assert out.returncode == 0, out.stdout[-2000:]
     assert "vision" not in yaml.safe_load((tmp_path / "compose.yml").read_text())["services"]
+
+
+def test_the_vision_servers_arguments_are_strings_compose_accepts(tmp_path):
+    """Numbers from variables (ports, context) in the command: compose refuses a non-string."""
+    command = compose(tmp_path)["services"]["vision"]["command"]
+    assert all(isinstance(argument, str) for argument in command), command
+    assert command[command.index("--port") + 1] == "8080"
+    assert command[command.index("--ctx-size") + 1] == "8192"
+
+
+def test_the_gateway_is_not_in_the_stacks_file(tmp_path):
+    """The gateway role owns its compose service (gateway.yml); this file: Ollama, vision."""
+    rendered = compose(tmp_path)
+    assert set(rendered["services"]) == {"ollama", "vision"}
+    assert "ports" not in rendered["services"]["ollama"]  # Ollama publishes nothing
+    assert rendered["networks"] == {"backend": {"internal": True}}

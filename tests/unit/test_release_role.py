@@ -1,6 +1,6 @@
 """The release role (and prepare's preflight) run by ansible-playbook on this machine.
 
-Targets are localhost with a local connection; release_root is a temporary
+Targets are localhost with a local connection; gemma_airgap_release_root is a temporary
 directory with a release already there (current -> v0), a canary file, and a
 victim directory beside it. A refused bundle must leave all of it as it was.
 """
@@ -79,7 +79,7 @@ def site(tmp_path):
 
 def deploy(site) -> subprocess.CompletedProcess:
     return playbook(site["root"], DEPLOY, {"release_source": str(site["bundle"]),
-                                           "release_root": str(site["releases"])})
+                                           "gemma_airgap_release_root": str(site["releases"])})
 
 
 def test_a_good_bundle_becomes_current_and_the_old_one_previous(site):
