@@ -80,7 +80,7 @@ EXAMPLES = r"""
     path: /srv/bundles/2026.11.25-1
     version: 2026.11.25-1
     metadata:
-      images: "{{ bundle_image_records }}"
+      images: "{{ __bundle_image_records }}"
 
 - name: Verify a bundle on a closed-network target before changing anything
   bundle_manifest:

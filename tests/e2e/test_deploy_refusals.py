@@ -124,3 +124,28 @@ def test_a_bundle_missing_a_file_is_refused_naming_it(deployed, bundle_copy):
     assert result.returncode != 0
     assert "control-node/" in result.stdout
     assert stack_state() == deployed
+
+
+def run_deploy(*arguments: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"),
+                           str(ROOT / "playbooks" / "deploy.yml"), *arguments],
+                          cwd=ROOT, env=env, text=True, capture_output=True, check=False)
+
+
+def test_a_setting_under_its_old_name_is_refused_naming_the_new_one(deployed):
+    """A site inventory from before the shared facts had one owner: its value is not ignored."""
+    result = run_deploy("-e", "gateway_port=9000", "-e", "ollama_stack_context_length=2048")
+    assert result.returncode != 0
+    assert "gateway_port is now gemma_airgap_gateway_port" in result.stdout
+    assert "ollama_stack_context_length is now gemma_airgap_context_length" in result.stdout
+    assert "nothing was changed" in result.stdout
+    assert stack_state() == deployed
+
+
+def test_a_deploy_without_a_bundle_says_how_to_give_one(deployed):
+    result = run_deploy("-e", "release_source=")
+    assert result.returncode != 0
+    assert "No bundle given" in result.stdout and "-e release_source=" in result.stdout
+    assert "Unable to access" not in result.stdout
+    assert stack_state() == deployed

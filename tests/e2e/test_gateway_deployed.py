@@ -106,3 +106,35 @@ def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
                                check=False)
     assert plain.returncode == 0, plain.stdout[-4000:]
     assert call("http://127.0.0.1:8080/api/tags", "gk_lab-user-key-not-a-secret")[0] == 200
+
+
+def test_a_key_rotation_alone_with_tags_gateway(tmp_path):
+    """--tags gateway: no bundle, no sync; the gateway gets the new keys and restarts alone."""
+    import hashlib
+
+    from .test_deploy_refusals import run_deploy
+
+    def started(container: str) -> str:
+        return on_target("docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", container)
+
+    ollama_before = started("gemma-airgap-ollama-1")
+    gateway_before = started("gemma-airgap-gateway-1")
+    rotated = "gk_rotated-key-not-a-secret"
+    assert call("http://127.0.0.1:8080/api/tags", rotated)[0] == 401
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"gateway_keys": [
+        {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": ["inference"]}
+        for name, key in (("lab-user", "gk_lab-user-key-not-a-secret"), ("rotated", rotated))]}))
+    try:
+        result = run_deploy("--tags", "gateway", "-e", f"@{keys}")
+        assert result.returncode == 0, result.stdout[-4000:]
+        assert "Verify the bundle on the control node" not in result.stdout  # no re-hashing
+        assert "probes through the gateway" in result.stdout
+        assert call("http://127.0.0.1:8080/api/tags", rotated)[0] == 200
+        assert started("gemma-airgap-ollama-1") == ollama_before
+        assert started("gemma-airgap-gateway-1") != gateway_before
+    finally:
+        restored = run_deploy("--tags", "gateway")
+    assert restored.returncode == 0, restored.stdout[-4000:]
+    assert call("http://127.0.0.1:8080/api/tags", rotated)[0] == 401
+    assert call("http://127.0.0.1:8080/api/tags", "gk_lab-user-key-not-a-secret")[0] == 200
