@@ -140,6 +140,9 @@ def test_a_setting_under_its_old_name_is_refused_naming_the_new_one(deployed):
     assert "gateway_port is now gemma_airgap_gateway_port" in result.stdout
     assert "ollama_stack_context_length is now gemma_airgap_context_length" in result.stdout
     assert "nothing was changed" in result.stdout
+    one_part = run_deploy("--tags", "gateway", "-e", "gateway_port=9000")  # whatever the tags
+    assert one_part.returncode != 0
+    assert "gateway_port is now gemma_airgap_gateway_port" in one_part.stdout
     assert stack_state() == deployed
 
 

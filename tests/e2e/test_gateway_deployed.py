@@ -109,10 +109,22 @@ def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
 
 
 def test_a_key_rotation_alone_with_tags_gateway(tmp_path):
-    """--tags gateway: no bundle, no sync; the gateway gets the new keys and restarts alone."""
-    import hashlib
+    """--tags gateway: no bundle, no sync; the gateway gets the new keys and restarts alone.
 
-    from .test_deploy_refusals import run_deploy
+    Run with an inventory that names no release_source, as a site's does (it passes the
+    media with -e for a whole deploy only)."""
+    import hashlib
+    import shutil
+
+    from .test_deploy_refusals import ROOT, run_deploy
+
+    inventory = tmp_path / "inventory"
+    shutil.copytree(ROOT / "inventories" / "lab", inventory)
+    targets = inventory / "group_vars" / "targets.yml"
+    lines = targets.read_text().splitlines()
+    kept = [line for line in lines if not line.startswith("release_source:")]
+    assert len(kept) == len(lines) - 1
+    targets.write_text("\n".join(kept) + "\n")
 
     def started(container: str) -> str:
         return on_target("docker", "inspect", "-f", "{{.Id}} {{.State.StartedAt}}", container)
@@ -126,7 +138,7 @@ def test_a_key_rotation_alone_with_tags_gateway(tmp_path):
         {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": ["inference"]}
         for name, key in (("lab-user", "gk_lab-user-key-not-a-secret"), ("rotated", rotated))]}))
     try:
-        result = run_deploy("--tags", "gateway", "-e", f"@{keys}")
+        result = run_deploy("-i", str(inventory), "--tags", "gateway", "-e", f"@{keys}")
         assert result.returncode == 0, result.stdout[-4000:]
         assert "Verify the bundle on the control node" not in result.stdout  # no re-hashing
         assert "probes through the gateway" in result.stdout
@@ -134,7 +146,7 @@ def test_a_key_rotation_alone_with_tags_gateway(tmp_path):
         assert started("gemma-airgap-ollama-1") == ollama_before
         assert started("gemma-airgap-gateway-1") != gateway_before
     finally:
-        restored = run_deploy("--tags", "gateway")
+        restored = run_deploy("-i", str(inventory), "--tags", "gateway")
     assert restored.returncode == 0, restored.stdout[-4000:]
     assert call("http://127.0.0.1:8080/api/tags", rotated)[0] == 401
     assert call("http://127.0.0.1:8080/api/tags", "gk_lab-user-key-not-a-secret")[0] == 200
