@@ -17,8 +17,10 @@ from .conftest import ADMIN_KEY, INFERENCE_KEY, METRICS_KEY
 MODEL = "gemma3:270m"
 
 
-def http(gateway, method, path, body=None, headers=None):
-    data = json.dumps(body).encode() if body is not None else None
+def http(gateway, method, path, body=None, headers=None, data: bytes | None = None):
+    """(status, headers, body) of one request: body as JSON, or data as raw bytes."""
+    if body is not None:
+        data = json.dumps(body).encode()
     request = urllib.request.Request(gateway.url + path, data=data, method=method,
                                      headers=headers or {})
     try:

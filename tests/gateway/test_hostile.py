@@ -279,22 +279,9 @@ BAD_BODIES = {
 
 @pytest.mark.parametrize("name", BAD_BODIES)
 def test_a_body_the_gateway_cannot_parse_is_a_400_never_forwarded(gateway, name):
-    status, _h, answer = _post(gateway, "/api/chat", BAD_BODIES[name])
+    status, _h, answer = http(gateway, "POST", "/api/chat", headers=AUTH, data=BAD_BODIES[name])
     assert status == 400, answer[:200]
     assert json.loads(answer)["error"]
-
-
-def _post(gateway: Gateway, path: str, data: bytes):
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(gateway.url + path, data=data, method="POST",
-                                     headers=AUTH)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read()
 
 
 def test_openai_image_parts_are_checked_too(gateway):
