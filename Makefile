@@ -52,8 +52,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production
 	@# Every module's documentation must be readable by ansible-doc (operators read it offline).
-	for module in library/*.py; do \
-	  ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-doc -t module "$$(basename $$module .py)" \
+	for module in plugins/modules/*.py; do \
+	  ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-doc -t module "gemma_airgap.ollama.$$(basename $$module .py)" \
 	    >/dev/null || exit 1; \
 	done
 

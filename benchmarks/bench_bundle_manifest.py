@@ -29,10 +29,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# tests.conftest puts library/ and module_utils/ where Ansible would.
+# tests.conftest puts the collection (plugins/) where Ansible would.
 importlib.import_module("tests.conftest")
 bundle_manifest = importlib.import_module("bundle_manifest")
-sha256_file = importlib.import_module("ansible.module_utils.gemma_airgap_files").sha256_file
+sha256_file = importlib.import_module(
+    "ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files").sha256_file
 
 
 def timed(function, repeat: int = 3) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import tests.conftest  # noqa: E402,F401  (puts lab/, the stand-in and library/ on the path)
+import tests.conftest  # noqa: E402,F401  (puts lab/, the stand-in and the collection on the path)
 from tests.standin.conftest import MODEL, StandIn, import_lab_model, lab_model_path  # noqa: E402
 
 PROMPT = ("Air-gapped networks keep sensitive systems away from the internet. "

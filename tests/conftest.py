@@ -1,8 +1,8 @@
 """Shared test setup.
 
 Makes the project's Python importable the way Ansible and the lab see it:
-lab/ and the stand-in as top-level modules, library/ modules and filter_plugins/ by name, and
-module_utils/ under ``ansible.module_utils`` (as Ansible ships them to a host).
+lab/ and the stand-in as top-level modules, the collection's modules and filters by name, and
+the collection itself (this checkout, through collections/) under ``ansible_collections``.
 """
 
 import json
@@ -11,15 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ansible.module_utils
-
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("lab", "lab/standin", "library", "filter_plugins", "gateway"):
+for sub in ("lab", "lab/standin", "plugins/modules", "plugins/filter", "gateway", "collections"):
     path = str(ROOT / sub)
     if path not in sys.path:
         sys.path.insert(0, path)
-if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 
 
 def run_module(module: str, args: dict, check: bool = False) -> dict:
@@ -27,6 +23,8 @@ def run_module(module: str, args: dict, check: bool = False) -> dict:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
                ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.json")
+    if "." not in module:
+        module = f"gemma_airgap.ollama.{module}"
     command = [str(Path(sys.executable).parent / "ansible"), "localhost", "-m", module,
                "-a", json.dumps(args), "-i", "localhost,", "-c", "local",
                "-e", f"ansible_python_interpreter={sys.executable}"]

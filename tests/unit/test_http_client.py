@@ -1,4 +1,4 @@
-"""The modules' HTTP client (module_utils/gemma_airgap_http.py) against a local server.
+"""The modules' HTTP client (plugins/module_utils/gemma_airgap_http.py) against a local server.
 
 What ollama_info and ollama_probe rely on: JSON and NDJSON, Ollama's error text, no
 proxy from the environment (the closed network has none that reaches Ollama), and
@@ -12,7 +12,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from ansible.module_utils.gemma_airgap_http import ApiError, OllamaClient
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_http import (
+    ApiError,
+    OllamaClient,
+)
 
 
 class Handler(BaseHTTPRequestHandler):

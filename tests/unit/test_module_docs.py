@@ -1,4 +1,4 @@
-"""Every module in library/ documents itself in a form ansible-doc reads.
+"""Every module in plugins/modules/ documents itself in a form ansible-doc reads.
 
 `ansible-doc bundle_manifest` once failed on invalid DOCUMENTATION YAML. Here each
 module must be read by ansible-doc, its EXAMPLES must be YAML tasks that call it,
@@ -17,16 +17,19 @@ import yaml
 
 from tests.conftest import ROOT, run_module
 
-MODULES = sorted(path.stem for path in (ROOT / "library").glob("*.py"))
+MODULES = sorted(path.stem for path in (ROOT / "plugins" / "modules").glob("*.py"))
+
+
+COLLECTION = "gemma_airgap.ollama"
 
 
 def ansible_doc(module: str) -> dict:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     out = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), "-t", "module",
-                          "--json", module], cwd=ROOT, env=env, text=True,
+                          "--json", f"{COLLECTION}.{module}"], cwd=ROOT, env=env, text=True,
                          capture_output=True, check=False)
     assert out.returncode == 0, f"ansible-doc cannot read module {module}: {out.stderr}"
-    return json.loads(out.stdout)[module]
+    return json.loads(out.stdout)[f"{COLLECTION}.{module}"]
 
 
 def test_every_module_is_checked():
@@ -42,7 +45,8 @@ def test_ansible_doc_reads_the_module_and_its_examples_call_it(module):
     assert found["return"], f"{module} documents no RETURN values"
     examples = yaml.safe_load(found["examples"])
     assert examples, f"{module} has no EXAMPLES"
-    assert all(module in task for task in examples), f"an example of {module} does not call it"
+    assert all(f"{COLLECTION}.{module}" in task for task in examples), \
+        f"an example of {module} does not call it by its full name"
 
 
 def a_value(spec: dict):
@@ -69,11 +73,12 @@ def test_the_documented_options_are_the_options_the_module_takes(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_the_attributes_are_documented_and_check_mode_is_what_the_module_declares(module):
-    """The attributes come from doc_fragments/gemma_airgap.py: ansible-doc must find it."""
+    """The attributes come from plugins/doc_fragments/gemma_airgap.py: ansible-doc must find it."""
     attributes = ansible_doc(module)["doc"].get("attributes") or {}
     assert {"check_mode", "diff_mode", "idempotent"} <= set(attributes), attributes
     for name, attribute in attributes.items():
         assert attribute.get("description"), f"{module}: attribute {name} is not described"
         assert attribute.get("support") in ("full", "partial", "none", "N/A"), (module, name)
-    declares = "supports_check_mode=True" in (ROOT / "library" / f"{module}.py").read_text()
+    source = (ROOT / "plugins" / "modules" / f"{module}.py").read_text()
+    declares = "supports_check_mode=True" in source
     assert declares == (attributes["check_mode"]["support"] != "none"), module

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible.module_utils.gemma_airgap_bundle import RESERVED_VERSIONS, VERSION_PATTERN
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_bundle import (
+    RESERVED_VERSIONS,
+    VERSION_PATTERN,
+)
 
 from tests.conftest import ROOT
 from tests.unit.bundle_parts import build_bundle, forge_manifest, forge_sums, tree

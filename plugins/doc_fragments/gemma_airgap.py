@@ -1,11 +1,11 @@
-# gemma-airgap: documentation shared by the modules in library/.
+# gemma-airgap: documentation shared by the modules in plugins/modules/.
 
 """Doc fragments of the gemma-airgap modules.
 
 Every module here behaves the same way towards check mode, diff mode and re-runs, so
 that is said once: a module takes it with
-``extends_documentation_fragment: [gemma_airgap.attributes]``. A module that ever
-differs overrides the one attribute in its own ``attributes:``.
+``extends_documentation_fragment: [gemma_airgap.ollama.gemma_airgap.attributes]``.
+A module that ever differs overrides the one attribute in its own ``attributes:``.
 """
 
 

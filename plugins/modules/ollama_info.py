@@ -48,7 +48,7 @@ options:
     type: str
     default: ""
 extends_documentation_fragment:
-  - gemma_airgap.attributes
+  - gemma_airgap.ollama.gemma_airgap.attributes
 requirements:
   - Python standard library only.
 seealso:
@@ -57,7 +57,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Check that the deployed models are served, with the bundle's digests
-  ollama_info:
+  gemma_airgap.ollama.ollama_info:
     url: http://172.30.0.2:11434
     expected_models:
       - {name: gemma3n:e4b, digest: 8d1b3c...}
@@ -98,7 +98,10 @@ mismatched:
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.gemma_airgap_http import ApiError, OllamaClient
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_http import (
+    ApiError,
+    OllamaClient,
+)
 
 
 def version_tuple(text):

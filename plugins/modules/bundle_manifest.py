@@ -64,7 +64,7 @@ options:
     type: bool
     default: true
 extends_documentation_fragment:
-  - gemma_airgap.attributes
+  - gemma_airgap.ollama.gemma_airgap.attributes
 notes:
   - C(SHA256SUMS) covers C(bundle.json); it does not cover itself. Carry its own
     digest out of band (the media tar's C(.sha256)) where that matters.
@@ -76,14 +76,14 @@ seealso:
 
 EXAMPLES = r"""
 - name: Seal the bundle
-  bundle_manifest:
+  gemma_airgap.ollama.bundle_manifest:
     path: /srv/bundles/2026.11.25-1
     version: 2026.11.25-1
     metadata:
       images: "{{ __bundle_image_records }}"
 
 - name: Verify a bundle on a closed-network target before changing anything
-  bundle_manifest:
+  gemma_airgap.ollama.bundle_manifest:
     path: /opt/gemma-airgap/releases/2026.11.25-1
     state: verified
 """
@@ -145,7 +145,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.gemma_airgap_bundle import (
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_bundle import (
     META,
     SUMS,
     parse_sums,
@@ -153,7 +153,7 @@ from ansible.module_utils.gemma_airgap_bundle import (
     sums_line,
     version_problem,
 )
-from ansible.module_utils.gemma_airgap_files import (
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files import (
     UnsafeFile,
     read_regular,
     sha256_file,

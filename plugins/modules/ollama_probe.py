@@ -80,7 +80,7 @@ options:
     type: str
     default: ""
 extends_documentation_fragment:
-  - gemma_airgap.attributes
+  - gemma_airgap.ollama.gemma_airgap.attributes
 requirements:
   - Python standard library only.
 seealso:
@@ -89,13 +89,13 @@ seealso:
 
 EXAMPLES = r"""
 - name: Prove the default model answers
-  ollama_probe:
+  gemma_airgap.ollama.ollama_probe:
     url: http://172.30.0.2:11434
     model: gemma3n:e4b
     image: /opt/gemma-airgap/current/files/probe.png
 
 - name: Prove text on the default model and images on the one with a vision backend
-  ollama_probe:
+  gemma_airgap.ollama.ollama_probe:
     url: http://127.0.0.1:8080
     api_key: "{{ probe_key }}"
     model: gemma3n:e2b
@@ -126,7 +126,10 @@ import base64
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.gemma_airgap_http import ApiError, OllamaClient
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_http import (
+    ApiError,
+    OllamaClient,
+)
 
 
 def seconds(ns):

@@ -38,7 +38,7 @@ options:
     type: path
     required: true
 extends_documentation_fragment:
-  - gemma_airgap.attributes
+  - gemma_airgap.ollama.gemma_airgap.attributes
 requirements:
   - Python standard library only.
 seealso:
@@ -48,7 +48,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Check the bundle's parts agree before sending anything
-  bundle_consistency:
+  gemma_airgap.ollama.bundle_consistency:
     path: /media/bundle/2026.11.25-1
   delegate_to: localhost
   run_once: true
@@ -87,9 +87,16 @@ import re
 import tarfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.gemma_airgap_bundle import META, SUMS, parse_sums, relative_path
-from ansible.module_utils.gemma_airgap_files import read_regular
-from ansible.module_utils.gemma_airgap_ollama import (
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_bundle import (
+    META,
+    SUMS,
+    parse_sums,
+    relative_path,
+)
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files import (
+    read_regular,
+)
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_ollama import (
     MANIFEST_LIMIT,
     blob_name,
     display_name,

@@ -59,7 +59,7 @@ options:
         when O(dest) is inside a bundle, so the cache stays out of the bundle.
     type: path
 extends_documentation_fragment:
-  - gemma_airgap.attributes
+  - gemma_airgap.ollama.gemma_airgap.attributes
 requirements:
   - Python standard library only.
 seealso:
@@ -69,14 +69,14 @@ seealso:
 
 EXAMPLES = r"""
 - name: Export the configured models from the staging Ollama into the bundle
-  ollama_store:
+  gemma_airgap.ollama.ollama_store:
     src: /srv/staging/ollama
     dest: /srv/bundles/2026.11.25-1/models
     models: [gemma3n:e4b, gemma3n:e2b]
     hash_cache: /srv/bundles/.staging/2026.11.25-1.models.hashcache.json
 
 - name: Import every model of the bundle into the target's store
-  ollama_store:
+  gemma_airgap.ollama.ollama_store:
     src: /opt/gemma-airgap/releases/current/models
     dest: /var/lib/gemma-airgap/ollama
 """
@@ -123,7 +123,7 @@ import pwd
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.gemma_airgap_files import (
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files import (
     ChecksumMismatch,
     UnsafeFile,
     copy_verified,
@@ -131,7 +131,7 @@ from ansible.module_utils.gemma_airgap_files import (
     sha256_file,
     write_atomic,
 )
-from ansible.module_utils.gemma_airgap_ollama import (
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_ollama import (
     MANIFEST_LIMIT,
     blob_name,
     display_name,
