@@ -20,7 +20,7 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
-.PHONY: help setup lint unit lab-up lab-down lab-status lab lab-check standin vision prepare deploy verify rollback \
+.PHONY: help setup lint sanity unit lab-up lab-down lab-status lab lab-check standin vision prepare deploy verify rollback \
 	molecule e2e test \
 	bench clean
 
@@ -56,6 +56,30 @@ lint: setup
 	  ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-doc -t module "gemma_airgap.ollama.$$(basename $$module .py)" \
 	    >/dev/null || exit 1; \
 	done
+	$(MAKE) sanity
+
+# ansible-test sanity on the collection exactly as prepare builds it into the bundle,
+# installed offline into a scratch tree. ansible-test bootstraps pip in each sanity venv
+# with a script from ci-files.testing.ansible.com, which is unreachable: tests/sanity/get_pip.py
+# does the same from PyPI's pip wheel (ANSIBLE_TEST_PIP: the pip ansible-test 2.19 pins).
+ANSIBLE_TEST_PIP := 24.2
+ANSIBLE_TEST_CACHE := $(HOME)/.ansible/test/cache
+# Outside the git tree (ansible-test lists only a repository's tracked files), one per checkout.
+SANITY_DIR := $(LAB_CACHE)/sanity-$(shell echo $(CURDIR) | sha256sum | cut -c1-12)
+sanity: setup
+	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
+	$(BIN)/ansible-galaxy collection build --output-path $(SANITY_DIR) .
+	$(BIN)/ansible-galaxy collection install --offline --no-deps --force -p $(SANITY_DIR) \
+	  $(SANITY_DIR)/gemma_airgap-ollama-*.tar.gz
+	mkdir -p $(ANSIBLE_TEST_CACHE) $(SANITY_DIR)/ansible_collections/gemma_airgap/ollama/tests/sanity
+	cp tests/sanity/get_pip.py $(ANSIBLE_TEST_CACHE)/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
+	test -f $(ANSIBLE_TEST_CACHE)/pip-$(ANSIBLE_TEST_PIP)-py3-none-any.whl || \
+	  $(BIN)/python -m pip download --quiet --no-deps -d $(ANSIBLE_TEST_CACHE) pip==$(ANSIBLE_TEST_PIP)
+	cp tests/sanity/ignore-*.txt $(SANITY_DIR)/ansible_collections/gemma_airgap/ollama/tests/sanity/
+	cd $(SANITY_DIR)/ansible_collections/gemma_airgap/ollama && \
+	  $(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 >$(SANITY_DIR)/sanity.log 2>&1 || \
+	  { grep -E '^(ERROR|FATAL)' $(SANITY_DIR)/sanity.log; exit 1; }
+	grep -c '^Running sanity test' $(SANITY_DIR)/sanity.log | xargs printf 'ansible-test sanity: %s tests passed\n'
 
 # The stand-in's Go front first (gofmt, go vet, go test; built from Debian's Go packages).
 unit: setup

@@ -11,11 +11,11 @@ DOCUMENTATION = r"""
 module: bundle_consistency
 short_description: Check that a bundle's models, images and files agree with its bundle.json
 description:
-  - Run after M(bundle_manifest) with C(state=verified) has checked every file against
-    C(SHA256SUMS). Checksums alone do not prove the parts agree. A bundle with a model
-    blob removed (and its line dropped from C(SHA256SUMS)), or with one image tar
-    swapped for another, passes them, deploys to a target that already has those
-    parts, and would fail half-way, after changes, on a fresh one.
+  - Run after M(gemma_airgap.ollama.bundle_manifest) with C(state=verified) has checked
+    every file against C(SHA256SUMS). Checksums alone do not prove the parts agree. A
+    bundle with a model blob removed (and its line dropped from C(SHA256SUMS)), or with
+    one image tar swapped for another, passes them, deploys to a target that already
+    has those parts, and would fail half-way, after changes, on a fresh one.
   - "Models: every manifest under C(models/manifests/) is a valid Ollama manifest whose
     config and layers are all in the bundle as C(models/blobs/sha256-<hex>), of the
     manifest's size, with content that C(SHA256SUMS) records as that same digest
@@ -31,10 +31,10 @@ description:
     in the bundle.
   - Reads only; fails naming each file, what was expected and what was found.
 version_added: "0.1.0"
-author: gemma-airgap
+author: gemma-airgap developers (@gemma-airgap)
 options:
   path:
-    description: The bundle directory, already verified by M(bundle_manifest).
+    description: The bundle directory, already verified by M(gemma_airgap.ollama.bundle_manifest).
     type: path
     required: true
 extends_documentation_fragment:
@@ -42,8 +42,8 @@ extends_documentation_fragment:
 requirements:
   - Python standard library only.
 seealso:
-  - module: bundle_manifest
-  - module: ollama_store
+  - module: gemma_airgap.ollama.bundle_manifest
+  - module: gemma_airgap.ollama.ollama_store
 """
 
 EXAMPLES = r"""

@@ -32,7 +32,7 @@ description:
     O(state=verified), the version in an intact C(bundle.json) is checked before
     any other file is read.
 version_added: "0.1.0"
-author: gemma-airgap
+author: gemma-airgap developers (@gemma-airgap)
 options:
   path:
     description: The bundle directory.
@@ -71,7 +71,7 @@ notes:
 requirements:
   - Python standard library only.
 seealso:
-  - module: bundle_consistency
+  - module: gemma_airgap.ollama.bundle_consistency
 """
 
 EXAMPLES = r"""

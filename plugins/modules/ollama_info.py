@@ -18,7 +18,7 @@ description:
   - With O(min_version), fails when the server is older.
   - Read-only; never changes anything.
 version_added: "0.1.0"
-author: gemma-airgap
+author: gemma-airgap developers (@gemma-airgap)
 options:
   url:
     description: Base URL of the Ollama API.
@@ -52,7 +52,7 @@ extends_documentation_fragment:
 requirements:
   - Python standard library only.
 seealso:
-  - module: ollama_probe
+  - module: gemma_airgap.ollama.ollama_probe
 """
 
 EXAMPLES = r"""
@@ -106,7 +106,7 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_h
 
 def version_tuple(text):
     parts = []
-    for piece in str(text).split("-")[0].split("."):
+    for piece in str(text).split("-", maxsplit=1)[0].split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts + [0] * (3 - len(parts)))

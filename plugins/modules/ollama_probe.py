@@ -23,7 +23,7 @@ description:
   - Returns Ollama's own figures too (load, prompt and generation durations).
   - Sends prompts but changes nothing on the server (C(changed) is always false).
 version_added: "0.1.0"
-author: gemma-airgap
+author: gemma-airgap developers (@gemma-airgap)
 options:
   url:
     description: Base URL of the Ollama API (or of the gateway in front of it).
@@ -65,7 +65,6 @@ options:
   api_key:
     description: Bearer token, for a gateway that requires one.
     type: str
-    no_log: true
   ca_path:
     description:
       - For an https O(url), the certificate (or CA) the server's chain must verify against.
@@ -84,7 +83,7 @@ extends_documentation_fragment:
 requirements:
   - Python standard library only.
 seealso:
-  - module: ollama_info
+  - module: gemma_airgap.ollama.ollama_info
 """
 
 EXAMPLES = r"""

@@ -32,7 +32,7 @@ description:
     malformed manifest fails naming it.
   - Stdlib only, so it runs on closed-network targets.
 version_added: "0.1.0"
-author: gemma-airgap
+author: gemma-airgap developers (@gemma-airgap)
 options:
   src:
     description: The source store (contains C(manifests/) and C(blobs/)).
@@ -63,8 +63,8 @@ extends_documentation_fragment:
 requirements:
   - Python standard library only.
 seealso:
-  - module: bundle_manifest
-  - module: bundle_consistency
+  - module: gemma_airgap.ollama.bundle_manifest
+  - module: gemma_airgap.ollama.bundle_consistency
 """
 
 EXAMPLES = r"""
