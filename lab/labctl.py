@@ -8,12 +8,21 @@ target containers running systemd on it. Ansible reaches the targets through
 the network, so a deploy that tries to reach the internet fails as it would in
 a closed network.
 
+A site deploys from inside the gap instead: from a control node, over SSH. So every
+target also runs sshd with an account ``deploy`` (passwordless sudo) that authorises
+the lab's SSH key, and ``control`` starts that control node: a pristine Debian 13
+container on the internal network only, with the bundle mounted read-only at
+/media/bundle/<version>, the lab key, the targets' host keys (known_hosts) and an
+inventory of the targets by address in /root (``inside-inventory DIR`` writes the same
+inventory to a directory). The key pair and known_hosts live in the lab's state
+directory, ``$LAB_CACHE/labs/<prefix>/``, which ``down`` removes.
+
 Everything the lab creates carries the label ``io.gemma-airgap.lab=<prefix>``
 (and ``io.gemma-airgap.lab.role``) so that ``down`` removes exactly what ``up``
 made for that prefix and nothing else.
 
-Usage: labctl.py {engine,images,front,front-check,standin,vision,model,up,down,status}
-(see ``--help``).
+Usage: labctl.py {engine,images,front,front-check,standin,vision,model,up,control,
+inside-inventory DIR,down,status} (see ``--help``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +42,8 @@ from pathlib import Path
 
 LABEL = "io.gemma-airgap.lab"
 ROLE_LABEL = "io.gemma-airgap.lab.role"
+# A base image carries the hash of what it was made from: a changed recipe rebuilds it.
+RECIPE_LABEL = "io.gemma-airgap.lab.recipe"
 MIRROR = "http://deb.debian.org/debian"
 
 # The kernel here withholds CAP_SYS_RESOURCE, so --privileged fails. This is
@@ -58,19 +70,58 @@ class BaseImage:
     suite: str
     packages: tuple[str, ...]
     purpose: str
+    # A shell script run (chroot) in the debootstrapped root before it is packed.
+    setup: str = ""
+
+    @property
+    def recipe(self) -> str:
+        """What the root filesystem is made of, as a short hash (its cache name, its label)."""
+        made_of = json.dumps([self.suite, list(self.packages), self.setup, MIRROR])
+        return hashlib.sha256(made_of.encode()).hexdigest()[:12]
 
     @property
     def cache_name(self) -> str:
-        return self.tag.replace("/", "_").replace(":", "_") + ".tar"
+        return f"{self.tag.replace('/', '_').replace(':', '_')}-{self.recipe}.tar"
 
 
-# Targets get only what a freshly installed server has: systemd and python3
-# (Ansible needs it). Docker and everything else must come from the bundle.
+DEPLOY_USER = "deploy"
+# A site's targets are reached over SSH by an unprivileged account with sudo: the image has
+# one (no password, key login only; `up` authorises the lab's key) and no host keys, so
+# that every target makes its own at first boot instead of sharing the image's.
+TARGET_SETUP = f"""set -eu
+useradd --create-home --user-group --shell /bin/bash {DEPLOY_USER}
+usermod --password '*' {DEPLOY_USER}
+echo '{DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/{DEPLOY_USER}
+chmod 0440 /etc/sudoers.d/{DEPLOY_USER}
+printf '%s\\n' 'PasswordAuthentication no' 'KbdInteractiveAuthentication no' \\
+  'PermitRootLogin no' > /etc/ssh/sshd_config.d/lab.conf
+rm -f /etc/ssh/ssh_host_*
+# Debian's unit makes missing host keys on first boot only; here, whenever they are missing
+# (a drop-in's empty Condition line clears the unit's conditions).
+mkdir -p /etc/systemd/system/sshd-keygen.service.d
+printf '%s\\n' '[Unit]' 'ConditionFirstBoot=' \\
+  'ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key' \\
+  > /etc/systemd/system/sshd-keygen.service.d/lab.conf
+"""
+
+# A freshly installed Debian 13: systemd and python3 (Ansible needs it) and no more: the lab's
+# control node inside the gap (no Ansible, venv, ssh or rsync: the bundle's control-node kit
+# brings them).
+FRESH_TRIXIE = ("systemd", "systemd-sysv", "dbus", "python3", "iproute2", "procps")
+CONTROL_IMAGE = BaseImage(
+    tag="gemma-airgap-lab/control:trixie",
+    suite="trixie",
+    packages=FRESH_TRIXIE,
+    purpose="Debian 13 control node with systemd + python3",
+)
+# Targets are servers a site reaches over SSH: the same, with sshd and sudo. Docker and
+# everything else must come from the bundle.
 TARGET_IMAGE = BaseImage(
     tag="gemma-airgap-lab/target:trixie",
     suite="trixie",
-    packages=("systemd", "systemd-sysv", "dbus", "python3", "iproute2", "procps"),
-    purpose="Debian 13 target with systemd + python3",
+    packages=(*FRESH_TRIXIE, "openssh-server", "sudo"),
+    purpose="Debian 13 target with systemd, python3, sshd and sudo",
+    setup=TARGET_SETUP,
 )
 # Images that no registry can give us here (the Ollama stand-in, the vision backend,
 # and the gateway, which prepare builds) are built FROM this one.
@@ -80,7 +131,10 @@ BUILDER_IMAGE = BaseImage(
     packages=("python3", "python3-venv", "ca-certificates"),
     purpose="Debian 12 + python3 base for lab images",
 )
-BASE_IMAGES = (TARGET_IMAGE, BUILDER_IMAGE)
+BASE_IMAGES = (TARGET_IMAGE, CONTROL_IMAGE, BUILDER_IMAGE)
+DEFAULT_BUNDLE = "/var/lib/gemma-airgap/bundles/lab-1"
+MEDIA_DIR = "/media/bundle"  # where the control node finds the bundle (read-only)
+SSH_KEY = "id_ed25519"
 
 LAB_DIR = Path(__file__).resolve().parent
 # Lab equipment built FROM the builder base, offline: the Ollama stand-in and the vision
@@ -101,10 +155,15 @@ class LabConfig:
     targets: int = 1
     cache_dir: Path = Path("/var/cache/gemma-airgap")
     network: str = field(default="")
+    bundle: Path = Path(DEFAULT_BUNDLE)  # what the control node mounts
+    control: bool = False  # `up` also starts the control node (LAB_CONTROL=1)
 
     def __post_init__(self) -> None:
         if self.targets < 1:
             raise LabError(f"LAB_TARGETS must be at least 1, got {self.targets}")
+        # It names containers and the lab's state directory.
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", self.prefix):
+            raise LabError(f"LAB_PREFIX must be a Docker name, got {self.prefix!r}")
         if not self.network:
             self.network = self.prefix
 
@@ -113,6 +172,20 @@ class LabConfig:
 
     def target_name(self, index: int) -> str:
         return f"{self.prefix}-target-{index}"
+
+    @property
+    def control_name(self) -> str:
+        return f"{self.prefix}-control"
+
+    @property
+    def state_dir(self) -> Path:
+        """This lab's SSH key pair and known_hosts (outside the git tree)."""
+        return self.cache_dir / "labs" / self.prefix
+
+    @property
+    def bundle_mount(self) -> str:
+        """Where the control node sees the bundle, as a site's mounted media."""
+        return f"{MEDIA_DIR}/{self.bundle.name}"
 
     @classmethod
     def from_env(cls) -> LabConfig:
@@ -125,6 +198,8 @@ class LabConfig:
             prefix=os.environ.get("LAB_PREFIX", "gemma-airgap-lab"),
             targets=targets,
             cache_dir=Path(os.environ.get("LAB_CACHE", "/var/cache/gemma-airgap")),
+            bundle=Path(os.environ.get("LAB_BUNDLE") or DEFAULT_BUNDLE).absolute(),
+            control=os.environ.get("LAB_CONTROL", "") not in ("", "0"),
         )
 
 
@@ -179,10 +254,6 @@ def ensure_engine(timeout: float = 60.0) -> None:
 
 # --- Base images -------------------------------------------------------------
 
-def image_exists(tag: str) -> bool:
-    return run(["docker", "image", "inspect", tag], check=False).returncode == 0
-
-
 def debootstrap_command(image: BaseImage, rootfs: Path) -> list[str]:
     return ["debootstrap", "--variant=minbase", f"--include={','.join(image.packages)}",
             image.suite, str(rootfs), MIRROR]
@@ -201,6 +272,8 @@ def build_rootfs_tar(image: BaseImage, cache_dir: Path) -> Path:
         log(f"debootstrap {image.suite} for {image.tag} (a few minutes, once)")
         started = time.monotonic()
         run(debootstrap_command(image, rootfs))
+        if image.setup:
+            run(["chroot", str(rootfs), "/bin/sh", "-c", image.setup])
         # No apt lists or caches in the image: a target must not find packages
         # anywhere but in the bundle.
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -213,15 +286,45 @@ def build_rootfs_tar(image: BaseImage, cache_dir: Path) -> Path:
     return tar_path
 
 
-def ensure_base_images(config: LabConfig) -> None:
-    for image in BASE_IMAGES:
-        if image_exists(image.tag):
+def image_recipe(tag: str) -> str | None:
+    """The recipe label of an image; "" when it has none, None when there is no image."""
+    found = run(["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", tag],
+                check=False)
+    if found.returncode != 0:
+        return None
+    return (json.loads(found.stdout) or {}).get(RECIPE_LABEL, "")
+
+
+def image_is_current(image: BaseImage) -> bool:
+    recipe = image_recipe(image.tag)
+    if recipe is None:
+        return False
+    # An image imported before images carried their recipe is kept if its recipe had no
+    # setup and is still the same package list (one look inside, until it is rebuilt).
+    if recipe == "" and not image.setup:
+        listed = run(["docker", "run", "--rm", "--network", "none", image.tag,
+                      "dpkg-query", "-W", "-f", "${Status}\n", *image.packages], check=False)
+        return (listed.returncode == 0
+                and listed.stdout.count("install ok installed") == len(image.packages))
+    return recipe == image.recipe
+
+
+def ensure_base_images(config: LabConfig, images: tuple[BaseImage, ...] = BASE_IMAGES) -> None:
+    for image in images:
+        if image_is_current(image):
             continue
         tar_path = build_rootfs_tar(image, config.cache_dir)
         log(f"importing {tar_path} as {image.tag}")
         with open(tar_path, "rb") as tar:
             run(["docker", "import", "--change", f"LABEL {ROLE_LABEL}=base",
+                 "--change", f"LABEL {RECIPE_LABEL}={image.recipe}",
                  "--change", 'CMD ["/bin/bash"]', "-", image.tag], stdin=tar)
+        # Older root filesystems of this image are never used again.
+        stem = image.cache_name.rsplit("-", 1)[0]
+        for old in tar_path.parent.glob(f"{stem}*.tar"):
+            if old != tar_path and re.fullmatch(rf"{re.escape(stem)}(-[0-9a-f]{{12}})?\.tar",
+                                                old.name):
+                old.unlink()
 
 
 def fetch_wheels(wheels: Path, requirements: Path) -> None:
@@ -399,6 +502,192 @@ def ensure_targets(config: LabConfig) -> None:
         log(f"{name}: systemd {wait_for_systemd(name)}")
 
 
+# --- SSH and the control node: a deploy from inside the gap --------------------
+
+# Run in a target with the lab's public key on stdin: authorises it for the deploy
+# account and prints the target's SSH host keys. Needs a running sshd.
+AUTHORISE_SCRIPT = f"""set -eu
+if ! home=$(getent passwd {DEPLOY_USER} | cut -d: -f6) || [ -z "$home" ]; then
+  echo "no account {DEPLOY_USER}: the target was started from an older image" >&2; exit 3
+fi
+install -d -m 0700 -o {DEPLOY_USER} -g {DEPLOY_USER} "$home/.ssh"
+cat > "$home/.ssh/authorized_keys.new"
+chown {DEPLOY_USER}:{DEPLOY_USER} "$home/.ssh/authorized_keys.new"
+chmod 0600 "$home/.ssh/authorized_keys.new"
+mv -f "$home/.ssh/authorized_keys.new" "$home/.ssh/authorized_keys"
+if ! systemctl is-active --quiet ssh; then
+  systemctl status --no-pager ssh >&2 || true; exit 4
+fi
+cat /etc/ssh/ssh_host_*_key.pub
+"""
+
+
+def running_targets(config: LabConfig) -> list[str]:
+    """Every running target of this lab, as the lab inventory's plugin finds them."""
+    listed = run(["docker", "ps", "--format", "{{.Names}}",
+                  "--filter", f"label={LABEL}={config.prefix}",
+                  "--filter", f"label={ROLE_LABEL}=target"]).stdout.split()
+    return sorted(listed, key=lambda name: (len(name), name))
+
+
+def container_address(config: LabConfig, name: str) -> str:
+    """The container's address on the lab's internal network."""
+    found = run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", name])
+    address = (json.loads(found.stdout).get(config.network) or {}).get("IPAddress")
+    if not address:
+        raise LabError(f"{name} has no address on network {config.network}")
+    return address
+
+
+def ensure_lab_key(config: LabConfig) -> Path:
+    """The lab's SSH key pair, made once per lab in its state directory."""
+    key = config.state_dir / SSH_KEY
+    public = config.state_dir / f"{SSH_KEY}.pub"
+    if key.exists() and public.exists():
+        return key
+    if not shutil.which("ssh-keygen"):
+        apt_install(["openssh-client"])
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for partial in (key, public):
+        partial.unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"deploy@{config.prefix}",
+         "-f", str(key)])
+    log(f"lab SSH key made: {key}")
+    return key
+
+
+def known_hosts_lines(address: str, name: str, host_keys: str) -> list[str]:
+    """known_hosts entries for one target, by its address and its container name."""
+    lines = []
+    for entry in host_keys.splitlines():
+        fields = entry.split()
+        if len(fields) >= 2:
+            lines.append(f"{address},{name} {fields[0]} {fields[1]}")
+    return lines
+
+
+def ensure_ssh(config: LabConfig) -> list[tuple[str, str]]:
+    """Authorise the lab key on every target and record their host keys in known_hosts.
+
+    Returns (name, address) of each target.
+    """
+    public = ensure_lab_key(config).with_name(f"{SSH_KEY}.pub").read_text()
+    targets, known = [], []
+    for name in running_targets(config):
+        result = run(["docker", "exec", "-i", name, "sh", "-c", AUTHORISE_SCRIPT],
+                     check=False, input=public)
+        if result.returncode != 0:
+            raise LabError(f"{name}: no SSH login for {DEPLOY_USER} ({result.stderr.strip()}); "
+                           "a target started from an image without sshd needs `make "
+                           "lab-down` and `make lab-up`")
+        address = container_address(config, name)
+        lines = known_hosts_lines(address, name, result.stdout)
+        if not lines:
+            raise LabError(f"{name} printed no SSH host key")
+        targets.append((name, address))
+        known += lines
+    partial = config.state_dir / "known_hosts.new"
+    partial.write_text("".join(f"{line}\n" for line in known))
+    os.replace(partial, config.state_dir / "known_hosts")
+    return targets
+
+
+INSIDE_HOSTS_HEAD = """---
+# The lab seen from inside the gap ({control}), as an operator writes a site's
+# inventory: the targets by address, reached over SSH as {user} (passwordless sudo) with
+# the lab's key; their host keys are in ~/.ssh/known_hosts: host key checking stays on.
+# Written by lab/labctl.py (`control`: /root/inventory; `inside-inventory DIR`).
+all:
+  children:
+    targets:
+      hosts:
+"""
+INSIDE_HOSTS_VARS = """      vars:
+        ansible_user: {user}
+        ansible_become: true
+        ansible_ssh_private_key_file: /root/.ssh/{key}
+        ansible_python_interpreter: /usr/bin/python3
+"""
+
+
+def inside_inventory(config: LabConfig, targets: list[tuple[str, str]]) -> dict[str, str]:
+    """The inside inventory's files (relative path -> text).
+
+    group_vars are the lab's own, with release_source at the mounted bundle.
+    """
+    group_vars = LAB_DIR.parent / "inventories" / "lab" / "group_vars"
+    hosts = INSIDE_HOSTS_HEAD.format(user=DEPLOY_USER, control=config.control_name)
+    for name, address in targets:
+        hosts += f"        {name}:\n          ansible_host: {address}\n"
+    hosts += INSIDE_HOSTS_VARS.format(user=DEPLOY_USER, key=SSH_KEY)
+    target_vars, found = re.subn(
+        r"(?m)^release_source: .*$",
+        f"# Inside the gap: the bundle as mounted media on this control node.\n"
+        f"release_source: {config.bundle_mount}",
+        (group_vars / "targets.yml").read_text())
+    if found != 1:
+        raise LabError(f"{group_vars}/targets.yml must set release_source once (found {found})")
+    return {
+        "hosts.yml": hosts,
+        "group_vars/targets.yml": target_vars,
+        # Its prepare-only settings are lazy: a deploy never reads them.
+        "group_vars/all.yml": (group_vars / "all.yml").read_text(),
+    }
+
+
+def write_tree(directory: Path, files: dict[str, str]) -> None:
+    for relative, text in files.items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def control_run_command(config: LabConfig) -> list[str]:
+    return ["docker", "run", "-d", "--name", config.control_name, "--hostname", "control",
+            *config.labels("control"), "--network", config.network,
+            "--mount", f"type=bind,source={config.bundle},target={config.bundle_mount},readonly",
+            CONTROL_IMAGE.tag, "sleep", "infinity"]
+
+
+def control_mount_matches(config: LabConfig) -> bool:
+    found = run(["docker", "inspect", "-f", "{{json .Mounts}}", config.control_name])
+    return [(m.get("Source"), m.get("Destination"), m.get("RW"))
+            for m in json.loads(found.stdout)] == [
+        (str(config.bundle), config.bundle_mount, False)]
+
+
+def ensure_control(config: LabConfig, targets: list[tuple[str, str]]) -> None:
+    """The control node: on the internal network only, the bundle read-only, the lab key,
+    known_hosts and the inside inventory in /root."""
+    if not (config.bundle / "bundle.json").is_file():
+        raise LabError(f"LAB_BUNDLE={config.bundle} has no bundle.json: make one with "
+                       "`make prepare` or point LAB_BUNDLE at a bundle directory")
+    if "," in str(config.bundle):
+        raise LabError(f"LAB_BUNDLE must not contain a comma: {config.bundle}")
+    name = config.control_name
+    state = container_state(name)
+    if state is not None and not control_mount_matches(config):
+        log(f"replacing {name}: it mounts another bundle")
+        run(["docker", "rm", "-f", name])
+        state = None
+    if state is None:
+        log(f"starting control node {name}")
+        run(control_run_command(config))
+    elif state != "running":
+        run(["docker", "start", name])
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work)
+        ssh = root / ".ssh"
+        ssh.mkdir(mode=0o700)
+        for entry in (SSH_KEY, f"{SSH_KEY}.pub", "known_hosts"):
+            shutil.copy2(config.state_dir / entry, ssh / entry)
+        write_tree(root / "inventory", inside_inventory(config, targets))
+        run(["docker", "exec", name, "rm", "-rf", "/root/.ssh", "/root/inventory"])
+        run(["docker", "cp", f"{root}/.", f"{name}:/root/"])
+    log(f"control node {name}: bundle at {config.bundle_mount} (read-only), "
+        f"inventory /root/inventory, {len(targets)} target(s) over SSH as {DEPLOY_USER}")
+
+
 def lab_objects(config: LabConfig, kind: str) -> list[str]:
     """Names of the objects of a kind (container, network, volume) made for this lab."""
     listing = {
@@ -457,13 +746,36 @@ def cmd_model(config: LabConfig) -> None:
 
 
 def cmd_up(config: LabConfig) -> None:
+    """The network and the targets (reachable by docker exec and, with the lab key, by
+    SSH); with LAB_CONTROL=1 the control node too."""
     started = time.monotonic()
     ensure_engine()
-    ensure_base_images(config)
+    # Only what this starts (the builder base comes with `images`, `standin`, `vision`).
+    ensure_base_images(config, (TARGET_IMAGE, CONTROL_IMAGE) if config.control
+                       else (TARGET_IMAGE,))
     ensure_network(config)
     ensure_targets(config)
+    targets = ensure_ssh(config)
+    if config.control:
+        ensure_control(config, targets)
     log(f"lab up: {config.targets} target(s) on internal network {config.network} "
-        f"in {time.monotonic() - started:.1f}s")
+        f"(SSH as {DEPLOY_USER}: {config.state_dir}){', control node' if config.control else ''}"
+        f" in {time.monotonic() - started:.1f}s")
+
+
+def cmd_control(config: LabConfig) -> None:
+    """`up`, then the control node."""
+    config.control = True
+    cmd_up(config)
+
+
+def cmd_inside_inventory(config: LabConfig, directory: Path) -> None:
+    """The inventory the control node gets, written to a directory."""
+    targets = [(name, container_address(config, name)) for name in running_targets(config)]
+    if not targets:
+        raise LabError(f"no target of lab {config.prefix} is running: run `make lab-up`")
+    write_tree(directory, inside_inventory(config, targets))
+    log(f"inside inventory written to {directory} ({len(targets)} target(s))")
 
 
 def cmd_down(config: LabConfig) -> None:
@@ -479,8 +791,11 @@ def cmd_down(config: LabConfig) -> None:
     networks = lab_objects(config, "network")
     if networks:
         run(["docker", "network", "rm", *networks])
+    if config.state_dir.exists():
+        shutil.rmtree(config.state_dir)
     log(f"lab down: removed {len(containers)} container(s), {len(volumes)} volume(s), "
-        f"{len(networks)} network(s); base images kept (docker rmi to drop them)")
+        f"{len(networks)} network(s) and the lab's SSH key; base images kept "
+        "(docker rmi to drop them)")
 
 
 def cmd_status(config: LabConfig) -> None:
@@ -488,7 +803,9 @@ def cmd_status(config: LabConfig) -> None:
         print("engine: not answering")
         return
     for image in BASE_IMAGES:
-        print(f"image {image.tag}: {'present' if image_exists(image.tag) else 'missing'}")
+        recipe = image_recipe(image.tag)
+        print(f"image {image.tag}: " + ("missing" if recipe is None else "present"
+              if recipe in ("", image.recipe) else "outdated (`up` or `images` rebuilds it)"))
     for name in lab_objects(config, "network"):
         print(f"network {name}")
     for name in lab_objects(config, "container"):
@@ -508,6 +825,8 @@ COMMANDS = {
     "vision": cmd_vision,
     "model": cmd_model,
     "up": cmd_up,
+    "control": cmd_control,
+    "inside-inventory": cmd_inside_inventory,
     "down": cmd_down,
     "status": cmd_status,
 }
@@ -516,9 +835,17 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("directory", nargs="?", type=Path,
+                        help="inside-inventory: the directory to write the inventory to")
     args = parser.parse_args(argv)
+    if (args.directory is None) == (args.command == "inside-inventory"):
+        parser.error("a directory is given to inside-inventory, and to no other command")
     try:
-        COMMANDS[args.command](LabConfig.from_env())
+        config = LabConfig.from_env()
+        if args.command == "inside-inventory":
+            cmd_inside_inventory(config, args.directory)
+        else:
+            COMMANDS[args.command](config)
     except LabError as error:
         print(f"[lab] ERROR: {error}", file=sys.stderr)
         return 1

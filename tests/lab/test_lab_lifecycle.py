@@ -4,6 +4,7 @@ Uses its own LAB_PREFIX, so it never touches a lab you have running.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,10 @@ def test_up_twice_keeps_targets_and_down_removes_only_lab_objects(bystanders):
 
     network = json.loads(docker("network", "inspect", PREFIX).stdout)[0]
     assert network["Internal"] is True
+    # Ready for SSH (tests/lab/test_lab_ssh.py logs in): the lab's key and the host keys.
+    state = Path(os.environ.get("LAB_CACHE", "/var/cache/gemma-airgap")) / "labs" / PREFIX
+    known = (state / "known_hosts").read_text()
+    assert all(f",{PREFIX}-target-{i} ssh-ed25519 " in known for i in (1, 2))
 
     second = labctl("up", LAB_TARGETS="2")
     assert second.returncode == 0, second.stderr
@@ -59,6 +64,7 @@ def test_up_twice_keeps_targets_and_down_removes_only_lab_objects(bystanders):
     for name in (f"{PREFIX}-target-1", f"{PREFIX}-target-2"):
         assert docker("inspect", name, check=False).returncode != 0
     assert docker("network", "inspect", PREFIX, check=False).returncode != 0
+    assert not state.exists()
     assert docker("inspect", f"{PREFIX}-bystander", check=False).returncode == 0
     assert docker("network", "inspect", f"{PREFIX}-bystander-net", check=False).returncode == 0
 
