@@ -159,6 +159,8 @@ bench: setup
 	command -v nginx >/dev/null && command -v wrk >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk
 	$(BIN)/python benchmarks/bench_gateway.py
+	test -f $(LAB_BUNDLE)/bundle.json || $(MAKE) prepare
+	$(BIN)/python benchmarks/bench_sync.py --bundle $(LAB_BUNDLE)
 
 clean: lab-down
 	rm -rf $(VENV)
