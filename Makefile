@@ -58,7 +58,8 @@ lint: setup
 	done
 	$(MAKE) sanity
 
-# ansible-test sanity on the collection exactly as prepare builds it into the bundle,
+# ansible-test sanity on the collection exactly as prepare builds it into the bundle
+# (roles/bundle/files/collection_artifacts.py),
 # installed offline into a scratch tree. ansible-test bootstraps pip in each sanity venv
 # with a script from ci-files.testing.ansible.com, which is unreachable: tests/sanity/get_pip.py
 # does the same from PyPI's pip wheel (ANSIBLE_TEST_PIP: the pip ansible-test 2.19 pins).
@@ -68,7 +69,8 @@ ANSIBLE_TEST_CACHE := $(HOME)/.ansible/test/cache
 SANITY_DIR := $(LAB_CACHE)/sanity-$(shell echo $(CURDIR) | sha256sum | cut -c1-12)
 sanity: setup
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)
-	$(BIN)/ansible-galaxy collection build --output-path $(SANITY_DIR) .
+	$(BIN)/python roles/bundle/files/collection_artifacts.py --project . \
+	  --requirements collections/requirements.yml --dest $(SANITY_DIR) >/dev/null
 	$(BIN)/ansible-galaxy collection install --offline --no-deps --force -p $(SANITY_DIR) \
 	  $(SANITY_DIR)/gemma_airgap-ollama-*.tar.gz
 	mkdir -p $(ANSIBLE_TEST_CACHE) $(SANITY_DIR)/ansible_collections/gemma_airgap/ollama/tests/sanity
@@ -144,10 +146,10 @@ molecule: setup
 # against that deployed lab before it is destroyed.
 e2e: setup
 	$(BIN)/python lab/labctl.py images
-	$(BIN)/pytest -m lab tests/lab
+	$(BIN)/pytest -m lab --durations=12 tests/lab
 	$(BIN)/molecule destroy -s airgap  # a cold start: --destroy never also skips the first destroy
 	$(BIN)/molecule test -s airgap --destroy never
-	$(BIN)/pytest -m e2e tests/e2e
+	$(BIN)/pytest -m e2e --durations=12 tests/e2e
 	$(BIN)/molecule destroy -s airgap
 
 # The role scenarios last: they reuse the bundle the air-gap scenario made.

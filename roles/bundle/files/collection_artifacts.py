@@ -1,8 +1,10 @@
 """Write the collections the control-node kit installs offline, as collection tarballs.
 
 - gemma_airgap.ollama: built from this project (galaxy.yml at --project) with
-  `ansible-galaxy collection build`; an existing tarball whose files all have the same
-  checksums is kept, so a second prepare changes nothing.
+  `ansible-galaxy collection build`, from an allow-list of its paths and, in a git checkout,
+  only the files git tracks: a site inventory, a vault file or a key lying in the checkout
+  never travels. An existing tarball whose files all have the same checksums is kept, so a
+  second prepare changes nothing.
 - Its dependencies (collections/requirements.yml, and theirs): built from the copies in the pinned
   `ansible` package this Python runs (PyPI's wheel, pinned in requirements.txt), so a
   staging host needs PyPI only, never Galaxy. The version installed must be the one pinned.
@@ -30,6 +32,11 @@ GALAXY = str(Path(sys.executable).parent / "ansible-galaxy")
 GALAXY_KEYS = ("namespace", "name", "version", "readme", "authors", "description", "license",
                "license_file", "tags", "dependencies", "repository", "documentation",
                "homepage", "issues")
+
+
+# What the collection carries (everything else in the checkout stays there).
+COLLECTION_PATHS = ("galaxy.yml", "README.md", "CHANGELOG.md", "meta/", "plugins/", "roles/",
+                    "playbooks/", "files/", "inventories/production.example/")
 
 
 class ArtifactError(Exception):
@@ -122,10 +129,29 @@ def repack(namespace: str, name: str, version: str, dest: Path) -> bool:
         return place(galaxy_build(copy, output), dest, f"{namespace}-{name}-*.tar.gz")
 
 
+def project_files(project: Path) -> list[str]:
+    """The project's files the collection may carry: tracked by git when it is a checkout."""
+    listed = subprocess.run(["git", "-C", str(project), "ls-files", "-z"], capture_output=True,
+                            check=False)
+    if listed.returncode == 0:
+        names = [name for name in listed.stdout.decode().split("\0") if name]
+    else:
+        names = [str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()]
+    return sorted(name for name in names
+                  if name.startswith(COLLECTION_PATHS) and "__pycache__" not in name)
+
+
 def build_project(project: Path, dest: Path) -> tuple[str, bool]:
     meta = yaml.safe_load((project / "galaxy.yml").read_text())
     with tempfile.TemporaryDirectory() as work:
-        built = galaxy_build(project, Path(work))
+        source = Path(work) / "src"
+        for name in project_files(project):
+            target = source / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project / name, target)
+        output = Path(work) / "out"
+        output.mkdir()
+        built = galaxy_build(source, output)
         changed = place(built, dest, f"{meta['namespace']}-{meta['name']}-*.tar.gz")
         return built.name, changed
 

@@ -13,6 +13,8 @@
 # 4. A self-check (ansible --version, ansible-galaxy collection list), then one OK line.
 # Running it again is harmless: what is already there and right is kept.
 set -eu
+# What it makes is used by the operator who deploys, whatever root's umask is.
+umask 022
 
 PREFIX=${1:-/opt/gemma-airgap}
 case $PREFIX in /*) ;; *) PREFIX=$(pwd)/$PREFIX ;; esac
@@ -40,7 +42,8 @@ finish() {
   exit "$rc"
 }
 trap finish EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 KIT=$(cd "$(dirname "$0")" && pwd -P)
 BUNDLE=$(dirname "$KIT")
@@ -54,7 +57,15 @@ CHECK_MEDIA="Check the media: cd $BUNDLE && sha256sum -c SHA256SUMS; then copy t
 for part in requirements.txt wheels; do
   [ -e "$KIT/$part" ] || die "The kit lacks $part ($KIT/$part)." "$CHECK_MEDIA"
 done
+[ -n "${KIT_COLLECTIONS:-}" ] || die "kit.env names no collection tarball." "$CHECK_MEDIA"
 for artifact in $KIT_COLLECTIONS; do
+  case $artifact in
+    *.tar.gz) ;;
+    *) die "kit.env names $artifact, not a collection tarball." "$CHECK_MEDIA" ;;
+  esac
+  case $artifact in
+    -* | */* | .*) die "kit.env names a tarball with an unsafe name: $artifact" "$CHECK_MEDIA" ;;
+  esac
   [ -f "$KIT/collections/$artifact" ] ||
     die "The kit lacks the collection tarball collections/$artifact." "$CHECK_MEDIA"
 done
@@ -76,6 +87,14 @@ elif ! command -v python3 >/dev/null 2>&1; then
   missing="$missing python3"
 elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   missing="$missing python3-venv"
+fi
+# The wheels fit one Python: say so before apt changes anything on a host they do not fit.
+if command -v python3 >/dev/null 2>&1; then
+  HOST_PYTHON=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  [ "$HOST_PYTHON" = "$KIT_PYTHON" ] ||
+    die "This host's python3 is $HOST_PYTHON; the kit is for Python $KIT_PYTHON ($KIT_PLATFORM)." \
+      "Build the bundle with bundle_control_node_platform for this host's OS (python_version:" \
+      "\"$HOST_PYTHON\" and its wheel platform tags), or use a control node running $KIT_PLATFORM."
 fi
 command -v rsync >/dev/null 2>&1 || missing="$missing rsync"
 command -v ssh >/dev/null 2>&1 || missing="$missing ssh"
@@ -109,7 +128,7 @@ if [ -n "$missing" ]; then
     die "apt-get could not read the kit's package index ($KIT/packages)." "$CHECK_MEDIA"
   fi
   # shellcheck disable=SC2086  # a list of package names
-  if ! DEBIAN_FRONTEND=noninteractive apt-get "$@" -y -q --no-install-recommends \
+  if ! DEBIAN_FRONTEND=noninteractive apt-get "$@" -y -q --no-install-recommends --no-remove \
     install $KIT_OS_PACKAGES >"$WORK/apt.log" 2>&1; then
     cat "$WORK/apt.log" >&2
     die "apt-get could not install $KIT_OS_PACKAGES from the kit (its messages are above)." \
@@ -200,7 +219,7 @@ for artifact in $KIT_COLLECTIONS; do
   set -- "$@" "$KIT/collections/$artifact"
 done
 # shellcheck disable=SC2086  # KIT_COLLECTIONS (kit.env) is a list of plain file names
-wanted=$(cd "$KIT/collections" && sha256sum $KIT_COLLECTIONS) ||
+wanted=$(cd "$KIT/collections" && sha256sum -- $KIT_COLLECTIONS) ||
   die "Cannot read the kit's collection tarballs." "$CHECK_MEDIA"
 stale=""
 if [ "$(cat "$RECORD" 2>/dev/null)" != "$wanted" ]; then
