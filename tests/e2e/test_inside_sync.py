@@ -136,7 +136,10 @@ def test_a_large_site_fetches_from_one_target_over_http_each_file_checked(fresh_
         # A forged copy on the server: same names, other bytes. Nothing of it is kept.
         docker("exec", server, "sh", "-c", "mkdir -p /opt/gemma-airgap/releases/forged && "
                "echo '{}' > /opt/gemma-airgap/releases/forged/bundle.json")
-        docker("exec", fetcher, "rm", "-rf", RELEASE)
+        # The fetcher lost part of its copy (the models, the vision files, bundle.json): the
+        # rest passed the first verification and is kept (the whole bundle by rsync is above).
+        docker("exec", fetcher, "rm", "-rf", f"{RELEASE}/bundle.json", f"{RELEASE}/models",
+               f"{RELEASE}/vision")
         forged = subprocess.run(inside(f"--limit={fetcher}", "-e", "release_transfer=http",
                                        "-e", f"release_http_url={base}/forged"),
                                 text=True, capture_output=True, check=False)
@@ -149,8 +152,9 @@ def test_a_large_site_fetches_from_one_target_over_http_each_file_checked(fresh_
                                      "-e", f"release_http_url={base}/lab-1"),
                               text=True, capture_output=True, check=False)
         assert good.returncode == 0, good.stdout[-4000:]
-        assert re.search(r"Release lab-1: sent \d+ file\(s\), [^\"]+ by http; .* verified on the "
-                         r"target", good.stdout), good.stdout[-3000:]
+        report = re.search(r"Release lab-1: sent (\d+) file\(s\), [^\"]+ by http; .* verified on "
+                           r"the target", good.stdout)
+        assert report and int(report.group(1)) > 3, good.stdout[-3000:]
         check = docker("exec", fetcher, "sh", "-c",
                        f"cd {RELEASE} && sha256sum -c --quiet SHA256SUMS", check=False)
         assert check.returncode == 0, check.stdout + check.stderr
