@@ -193,6 +193,24 @@ def test_a_missing_part_is_named_and_nothing_is_written(carried, tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["directory", "symlink"])
+def test_something_other_than_a_file_where_the_tar_goes_is_refused(carried, tmp_path, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if kind == "directory":
+        (out / TAR).mkdir()
+    else:
+        (out / TAR).symlink_to(elsewhere / "victim")
+    result = reassemble(carried, str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{out / TAR} exists and is not a regular file" in result.stderr
+    assert "OK:" not in result.stdout
+    assert list(elsewhere.iterdir()) == []
+    assert not (out / TAR).is_file()
+
+
 def test_a_damaged_part_is_named_and_nothing_is_written(carried, tmp_path):
     out = tmp_path / "out"
     part = carried / f"{TAR}.003"

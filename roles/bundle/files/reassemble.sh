@@ -88,11 +88,19 @@ partial=$tar.partial
 next() {
   say "" "Next, unpack the bundle and check it (unpacking needs as much space again):" \
     "  cd $(quote "$out") && tar -xf $(quote "$version.tar") && cd $(quote "$version") && sha256sum -c SHA256SUMS" \
-    "then deploy it from the control node (README: the production flow):" \
-    "  ansible-playbook -i inventories/<site> playbooks/deploy.yml -e release_source=$(quote "$out/$version")"
+    "then install the kit and deploy it from the control node (README: the production flow):" \
+    "  sudo sh $(quote "$out/$version/control-node/install.sh")" \
+    "  ansible-playbook -i <inventory> gemma_airgap.ollama.deploy -e release_source=$(quote "$out/$version")"
 }
 
 # --- already done? (a re-run after success changes nothing) ---
+# Only a regular file may stand where the tar goes (mv would move the result into a
+# directory, or through a link, and still look done).
+for existing in "$tar" "$partial" "$tar.sha256" "$tar.sha256.partial"; do
+  if [ -L "$existing" ] || { [ -e "$existing" ] && [ ! -f "$existing" ]; }; then
+    fail 2 "$existing exists and is not a regular file: move it away and run this again."
+  fi
+done
 if [ -f "$tar" ]; then
   say "Checking the existing $tar against $tarname.sha256 ..."
   if [ "$(sha256_of "$tar")" = "$want" ]; then
