@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 PREFIX = os.environ.get("LAB_PREFIX", "gemma-airgap-lab")
 CONTROL = f"{PREFIX}-control"
 FRESH = [f"{PREFIX}-target-2", f"{PREFIX}-target-3"]
-PARTIAL = "/opt/gemma-airgap/.sync-partial"
+PARTIAL = ".rsync-partial"
 RELEASE = "/opt/gemma-airgap/releases/lab-1"
 PLAYBOOK = ["/opt/gemma-airgap/venv/bin/ansible-playbook", "--inventory=/root/inventory",
             "gemma_airgap.ollama.deploy", "--tags=preflight,release"]
@@ -60,8 +60,9 @@ def fresh_targets():
 
 
 def partial_files(target: str) -> dict[str, int]:
-    out = docker("exec", target, "find", PARTIAL, "-type", "f", "-printf", "%f %s\\n",
-                 check=False)
+    """The files rsync holds beside their place in the release until they are whole."""
+    out = docker("exec", target, "find", RELEASE, "-path", f"*/{PARTIAL}/*", "-type", "f",
+                 "-printf", "%f %s\\n", check=False)
     return {name: int(size) for name, size in
             (line.rsplit(" ", 1) for line in out.stdout.splitlines() if line)}
 
@@ -90,8 +91,8 @@ def test_a_cut_sync_leaves_no_half_file_and_two_targets_then_sync_at_once(fresh_
     first, second = fresh_targets
     cut = cut_a_sync(first)
     # The cut file waits in the partial directory; its place in the release stays empty.
-    listed = docker("exec", first, "find", RELEASE, "-type", "f", "-printf", "%f\\n",
-                    check=False).stdout.split()
+    listed = docker("exec", first, "find", RELEASE, "-name", PARTIAL, "-prune", "-o",
+                    "-type", "f", "-printf", "%f\\n", check=False).stdout.split()
     assert not set(cut) & set(listed), f"a cut file sits in the release: {set(cut) & set(listed)}"
 
     started = time.monotonic()
@@ -115,6 +116,26 @@ def test_a_cut_sync_leaves_no_half_file_and_two_targets_then_sync_at_once(fresh_
                        f"cd {RELEASE} && sha256sum -c --quiet SHA256SUMS", check=False)
         assert check.returncode == 0, check.stdout + check.stderr
     print(f"two fresh targets synced over SSH in parallel in {took:.1f} s")
+
+
+def test_files_of_one_name_in_two_directories_travel_together_by_rsync(fresh_targets):
+    """A target that has rsync already gets every package by rsync in one run: the kit's and
+    the platform's rsync .deb share a name, and must not meet in one partial directory."""
+    target = fresh_targets[0]
+    docker("exec", target, "rm", "-rf", f"{RELEASE}/control-node/packages", f"{RELEASE}/packages")
+    out = subprocess.run(inside(f"--limit={target}"), text=True, capture_output=True, check=False)
+    assert out.returncode == 0, out.stdout[-6000:]
+    report = re.search(r"Release lab-1: sent (\d+) file\(s\)[^\"]* by (\w+)", out.stdout)
+    assert report and report.group(2) == "rsync", out.stdout[-4000:]
+    names = docker("exec", target, "sh", "-c",
+                   f"cd {RELEASE} && find control-node/packages packages -name '*.deb' "
+                   "-printf '%f\\n' | sort | uniq -d").stdout.split()
+    assert names, "the kit and the platform share no package name: this test proves nothing"
+    assert int(report.group(1)) >= 2 * len(names)
+    assert partial_files(target) == {}
+    check = docker("exec", target, "sh", "-c",
+                   f"cd {RELEASE} && sha256sum -c --quiet SHA256SUMS", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def serve(state: str, server: str) -> subprocess.CompletedProcess:
