@@ -15,6 +15,8 @@ __metaclass__ = type
 
 SUMS = "SHA256SUMS"
 META = "bundle.json"
+# A bundle's own small files are read whole: never more than this.
+SUMS_LIMIT = 64 * 1024 * 1024
 
 # The version names a directory on every target (<release_root>/<version>), beside the
 # current and previous links: a plain name (no "/", not "." or "..", no leading dot),

@@ -148,6 +148,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_bundle import (
     META,
     SUMS,
+    SUMS_LIMIT,
     parse_sums,
     relative_path,
     sums_line,
@@ -166,8 +167,6 @@ EXCLUDED = (SUMS, CACHE)
 FORMAT = 1
 # The keys seal writes itself: metadata may not replace them (a version among them).
 OWN_KEYS = ("format", "version", "files", "total_bytes", "created_at")
-# Small files of a bundle are read whole: never more than this.
-SUMS_LIMIT = 64 * 1024 * 1024
 META_LIMIT = 16 * 1024 * 1024
 
 
