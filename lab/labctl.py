@@ -745,6 +745,40 @@ def cmd_model(config: LabConfig) -> None:
     log(f"lab model assembled at {target}")
 
 
+# promtool (rules and config checks, rule unit tests) and amtool (Alertmanager's config)
+# from Debian's packages, unpacked into the cache: no service is installed or started here.
+PROMETHEUS_TOOL_PACKAGES = ("prometheus", "prometheus-alertmanager")
+
+
+def prometheus_tools(config: LabConfig) -> Path:
+    """The directory holding promtool and amtool (unpacked once per package version)."""
+    versions = []
+    for package in PROMETHEUS_TOOL_PACKAGES:
+        found = run(["apt-cache", "policy", package]).stdout
+        candidate = re.search(r"Candidate: (\S+)", found)
+        if not candidate or candidate.group(1) == "(none)":
+            raise LabError(f"Debian's {package} package is not known to apt here: run "
+                           "`apt-get update` (promtool and amtool come from it)")
+        versions.append(candidate.group(1))
+    tree = config.cache_dir / ("prometheus-tools-" + hashlib.sha256(
+        " ".join(versions).encode()).hexdigest()[:12])
+    if not (tree / "usr" / "bin" / "amtool").exists():
+        with tempfile.TemporaryDirectory() as download:
+            run(["apt-get", "download", "-q",
+                 *[f"{p}={v}" for p, v in zip(PROMETHEUS_TOOL_PACKAGES, versions)]], cwd=download)
+            unpacked = Path(download) / "tree"
+            for deb in sorted(Path(download).glob("*.deb")):
+                run(["dpkg-deb", "-x", str(deb), str(unpacked)])
+            shutil.rmtree(tree, ignore_errors=True)
+            shutil.move(str(unpacked), tree)
+    return tree / "usr" / "bin"
+
+
+def cmd_prometheus_tools(config: LabConfig) -> None:
+    """Prints the directory of promtool and amtool (Makefile: PROMETHEUS_TOOLS)."""
+    print(prometheus_tools(config))
+
+
 def cmd_up(config: LabConfig) -> None:
     """The network and the targets (reachable by docker exec and, with the lab key, by
     SSH); with LAB_CONTROL=1 the control node too."""
@@ -824,6 +858,7 @@ COMMANDS = {
     "standin": cmd_standin,
     "vision": cmd_vision,
     "model": cmd_model,
+    "prometheus-tools": cmd_prometheus_tools,
     "up": cmd_up,
     "control": cmd_control,
     "inside-inventory": cmd_inside_inventory,

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 for sub in ("lab", "lab/standin", "plugins/modules", "plugins/filter", "gateway", "collections"):
     path = str(ROOT / sub)
@@ -37,3 +39,13 @@ def run_module(module: str, args: dict, check: bool = False) -> dict:
     except json.JSONDecodeError:
         raise AssertionError(f"ansible output was not JSON:\n{out.stdout}\n{out.stderr}") from None
     return data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> Path:
+    """The directory of promtool and amtool, unpacked from Debian's packages into the lab
+    cache (lab/labctl.py prometheus-tools): the real tools, never a parser of our own."""
+    out = subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "prometheus-tools"],
+                         text=True, capture_output=True, check=False)
+    assert out.returncode == 0, out.stderr + out.stdout
+    return Path(out.stdout.strip().splitlines()[-1])

@@ -154,9 +154,13 @@ class Gateway:
     async def _poll(self) -> None:
         """Loaded models for the metrics, and the backend's model names for the labels."""
         while True:
-            with contextlib.suppress(UpstreamError, ValueError):
+            try:
                 self.metrics.record_backend(await self.backend_json("/api/ps"),
                                             await self.backend_json("/api/tags"))
+            except (UpstreamError, ValueError):
+                self.metrics.backend_up.labels("ollama").set(0)
+            else:
+                self.metrics.backend_up.labels("ollama").set(1)
             await asyncio.sleep(self.settings.poll_seconds)
 
     async def model_capabilities(self, model: str) -> list:

@@ -54,6 +54,10 @@ class Metrics:
                                   ["model"], registry=r)
         self.available = Gauge("gateway_models_available", "Models in the backend's store",
                                registry=r)
+        # The alert for a dead backend reads this: the poller's view, every poll_seconds.
+        self.backend_up = Gauge("gateway_backend_up",
+                                "1 when the backend answered the gateway's last poll, else 0",
+                                ["backend"], registry=r)
 
     def model(self, name: str) -> str:
         """The label for a model name: itself when the backend has it, else "other"."""

@@ -43,6 +43,18 @@ def metric(gateway, name: str, **labels) -> float:
     return total
 
 
+def scraped(gateway) -> str:
+    """The /metrics text once the gateway's poller has read the backend (at start-up)."""
+    deadline = time.monotonic() + 5
+    while True:
+        status, _headers, body = http(gateway, "GET", "/metrics",
+                                      headers={"Authorization": f"Bearer {METRICS_KEY}"})
+        assert status == 200, body
+        if b"gateway_backend_up{" in body or time.monotonic() > deadline:
+            return body.decode()
+        time.sleep(0.1)
+
+
 def settled(gateway, name: str, expected: float, **labels) -> float:
     """The metric once the gateway has recorded the last response (it does so right after
     the last byte is sent, so a fast client can ask before); waits at most 2 s."""
@@ -143,6 +155,7 @@ def test_metrics_count_what_was_sent(gateway):
     assert metric(gateway, "gateway_auth_failures_total", reason="invalid") == before_auth + 1
     assert metric(gateway, "gateway_time_to_first_token_seconds_count",
                   endpoint="/api/generate", model=MODEL) >= 3
+    assert 'gateway_backend_up{backend="ollama"} 1.0' in scraped(gateway)
 
 
 def test_health_and_readiness(gateway):
@@ -164,6 +177,8 @@ def test_backend_down_is_a_502_with_a_reason_and_the_gateway_stays_up(tmp_path):
         status, _h, body = http(lonely, "GET", "/readyz")
         assert status == 503 and b"127.0.0.1" not in body
         assert http(lonely, "GET", "/healthz")[0] == 200
+        # What the backend-down alert reads: present, and 0 (an absent series alerts nobody).
+        assert 'gateway_backend_up{backend="ollama"} 0.0' in scraped(lonely)
     finally:
         lonely.stop()
 
