@@ -82,6 +82,8 @@ class ClientGone(Exception):
 # Bodies larger than this are read, checked and re-encoded on a worker thread, at most
 # two at a time, so a large one does not hold up every other client's answer.
 INLINE_BYTES = 256 * 1024
+# The most of the vision server's /metrics relayed (llama-server's is a few KiB).
+VISION_METRICS_LIMIT = 4 * 1024 * 1024
 
 
 @dataclass
@@ -225,7 +227,8 @@ class Call:
 
     async def _answer(self):
         raw_path = self.scope.get("raw_path") or self.scope["path"].encode()
-        own = {b"/healthz": self.healthz, b"/readyz": self.readyz, b"/metrics": self.scrape}
+        own = {b"/healthz": self.healthz, b"/readyz": self.readyz, b"/metrics": self.scrape,
+               b"/metrics/vision": self.scrape_vision}
         if raw_path in own and self.method == "GET":
             return await own[raw_path]()
         try:
@@ -620,3 +623,22 @@ class Call:
         self.label = "/metrics"
         self.authenticate(METRICS)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def scrape_vision(self) -> Response:
+        """The vision server's own metrics (llama-server's llamacpp:*), relayed: the vision
+        server publishes no port, and Prometheus reads every target through the gateway."""
+        self.label = "/metrics/vision"
+        self.authenticate(METRICS)
+        if not self.gateway.vision:
+            raise Refusal(404, "this gateway has no vision backend", "not_found")
+        _entry, upstream = next(iter(self.gateway.vision.values()))
+        try:
+            answer = await upstream.request("GET", "/metrics", timeout=5, idle_timeout=5)
+            data = await answer.read(limit=VISION_METRICS_LIMIT)
+        except UpstreamError as exc:
+            raise Refusal(502, f"the vision backend's metrics are not answering: {exc}",
+                          "vision_metrics") from None
+        if answer.status != 200:
+            raise Refusal(502, f"the vision backend answered {answer.status} for its metrics "
+                               "(llama-server needs --metrics)", "vision_metrics")
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
