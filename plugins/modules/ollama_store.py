@@ -30,6 +30,10 @@ description:
     again, so an unchanged re-run reads no blob.
   - Model names and manifests are checked before use; a name with a C(..) part or a
     malformed manifest fails naming it.
+  - Each model's record carries the shape of its weights from their GGUF header
+    (architecture, layers, K/V heads and their lengths), what the GPU memory estimate
+    of host_preflight needs; the header is read within fixed limits, and one that
+    cannot be read is named in the record instead (C(gguf_problem)), without failing.
   - Stdlib only, so it runs on closed-network targets.
 version_added: "0.1.0"
 author: gemma-airgap developers (@gemma-airgap)
@@ -83,7 +87,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 models:
-  description: Each model copied or found up to date.
+  description:
+    - Each model copied or found up to date, with the shape of its weights read from their
+      GGUF header (C(gguf)), or why that header could not be read (C(gguf_problem)).
   returned: always
   type: list
   elements: dict
@@ -92,6 +98,9 @@ models:
       manifest_digest: 8d1b...
       size: 7547579000
       layers: 4
+      gguf: {architecture: gemma3n, block_count: 35, context_length: 32768,
+             embedding_length: 2048, head_count_kv: 2, key_length: 256, value_length: 256,
+             sliding_window: 512, shared_kv_layers: 15, file_type: 15}
 copied_blobs:
   description: Blobs written to O(dest) this run.
   returned: always
@@ -131,6 +140,10 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_f
     sha256_file,
     write_atomic,
 )
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_gguf import (
+    GGUFError,
+    read_shape,
+)
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_ollama import (
     MANIFEST_LIMIT,
     blob_name,
@@ -141,6 +154,7 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_o
 )
 
 TMP = ".gemma-airgap-partial"
+MODEL_LAYER = "application/vnd.ollama.image.model"
 CACHE_LIMIT = 64 * 1024 * 1024
 
 
@@ -358,6 +372,20 @@ def resolve_owner(owner):
     return pwd.getpwnam(owner).pw_uid
 
 
+def describe(store, entries):
+    """{"gguf": shape} of a model's weights (its first model layer), or {"gguf_problem": why}.
+
+    The blob was verified by this run; its header is read within gemma_airgap_gguf's limits.
+    """
+    layer = next((e for e in entries[1:] if e.get("mediaType") == MODEL_LAYER), None)
+    if layer is None:
+        return {"gguf_problem": "the manifest has no model layer (%s)" % MODEL_LAYER}
+    try:
+        return {"gguf": read_shape(blob_path(store, layer["digest"]))}
+    except (GGUFError, OSError) as error:
+        return {"gguf_problem": "blob %s: %s" % (layer["digest"], error)}
+
+
 def run(src, dest, names, check_mode, uid=None, cache_path=None):
     if not os.path.isdir(os.path.join(src, "manifests")):
         raise StoreError("%s is not an Ollama store (no manifests/ directory)" % src)
@@ -382,12 +410,14 @@ def run(src, dest, names, check_mode, uid=None, cache_path=None):
             changed = True
             if not check_mode:
                 write_atomic(manifest_path(dest, parts), raw)
-        models.append({
+        record = {
             "name": display_name(parts),
             "manifest_digest": hashlib.sha256(raw).hexdigest(),
             "size": sum(e["size"] for e in entries),
             "layers": len(entries) - 1,
-        })
+        }
+        record.update(describe(src, entries))
+        models.append(record)
     if not check_mode:
         tmp = os.path.join(dest, TMP)
         if os.path.isdir(tmp) and not os.listdir(tmp):
