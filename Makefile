@@ -20,8 +20,8 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
-.PHONY: help setup lint sanity unit lab-up lab-down lab-status lab lab-check standin vision prepare deploy verify rollback \
-	molecule e2e test \
+.PHONY: help setup lint sanity rules unit lab-up lab-down lab-status lab lab-check standin vision prepare deploy verify rollback \
+	molecule lab-tests e2e test \
 	bench clean
 
 help:
@@ -57,6 +57,16 @@ lint: setup
 	    >/dev/null || exit 1; \
 	done
 	$(MAKE) sanity
+	$(MAKE) rules
+
+# The Prometheus rules as Prometheus reads them (promtool check rules) and their unit tests
+# (promtool test rules: every alert fires when it should and stays silent when it should not).
+# promtool comes from Debian's package, unpacked into the cache (no service installed).
+MONITORING_FILES := roles/monitoring/files
+rules: setup
+	tools=$$($(BIN)/python lab/labctl.py prometheus-tools | tail -1); \
+	  $$tools/promtool check rules $(MONITORING_FILES)/prometheus/rules/*.yml && \
+	  cd tests/prometheus && $$tools/promtool test rules *.test.yml
 
 # ansible-test sanity on the collection exactly as prepare builds it into the bundle
 # (roles/bundle/files/collection_artifacts.py),
@@ -114,6 +124,7 @@ lab-check: setup
 prepare: setup
 	$(BIN)/python lab/labctl.py standin
 	$(BIN)/python lab/labctl.py vision
+	$(BIN)/python lab/labctl.py prometheus
 	$(BIN)/python lab/labctl.py model
 	$(BIN)/ansible-playbook playbooks/prepare.yml
 
@@ -141,19 +152,26 @@ molecule: setup
 	  $(BIN)/molecule test -s $$scenario; \
 	  echo "molecule $$scenario: passed in $$(( $$(date +%s) - started )) s"; done
 
-# Lab tests need the engine and base images. Then the end-to-end scenario:
-# lab up -> prepare -> deploy -> again (0 changed) -> verify; the refusal tests run
-# against that deployed lab before it is destroyed.
-e2e: setup
+# Lab tests need the engine and base images.
+lab-tests: setup
 	$(BIN)/python lab/labctl.py images
 	$(BIN)/pytest -m lab --durations=12 tests/lab
+
+# The end-to-end scenario: lab up -> prepare -> deploy -> again (0 changed) -> verify; the
+# e2e suites run against that deployed lab before it is destroyed.
+e2e: setup
+	$(BIN)/python lab/labctl.py images
 	$(BIN)/molecule destroy -s airgap  # a cold start: --destroy never also skips the first destroy
 	$(BIN)/molecule test -s airgap --destroy never
 	$(BIN)/pytest -m e2e --durations=12 tests/e2e
 	$(BIN)/molecule destroy -s airgap
 
-# The role scenarios last: they reuse the bundle the air-gap scenario made.
-test: lint unit e2e molecule
+# The lab bundle first (the role scenarios take images, models and packages from it; the
+# air-gap scenario's own prepare then changes nothing), then the end-to-end suites and the
+# role scenarios side by side: separate labs, and both mostly wait (lab/stages.py).
+test: lint unit lab-tests prepare
+	$(BIN)/python lab/stages.py e2e='$(MAKE) --no-print-directory e2e' \
+	  molecule='$(MAKE) --no-print-directory molecule'
 
 bench: setup
 	$(BIN)/python benchmarks/bench_standin.py

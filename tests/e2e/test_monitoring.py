@@ -1,0 +1,149 @@
+"""Monitoring in the deployed lab: the real Prometheus and Alertmanager on target-1 (Debian's
+packages, the lab's image), fed by the real gateway, node-exporter and the healer.
+
+Prometheus scrapes every target; probe traffic arrives as the series the recording rules,
+dashboards and alerts read, with the counts sent; every dashboard panel shows data; a stopped
+Ollama fires BackendDown in Alertmanager and resolves when it is back; a frozen Ollama is
+restarted by the healer and its model loaded again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections import defaultdict
+
+import ollama
+import pytest
+
+from tests.unit.test_dashboards import needs, panel_queries
+
+from .test_deploy_refusals import TARGET, on_target
+from .test_vision_deployed import state, wait_healthy
+
+pytestmark = pytest.mark.e2e
+
+OLLAMA = "gemma-airgap-ollama-1"
+MODEL = "gemma3:270m"
+PROMETHEUS = "http://127.0.0.1:9090"
+ALERTMANAGER = "http://127.0.0.1:9093"
+# What the lab cannot show: it has no GPU, and its vision server no metrics of its own.
+LAB_LACKS = {"gpu", "vision-metrics"}
+GET = """
+import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())
+"""
+
+
+def get(url: str) -> dict:
+    """A GET from the monitoring host itself (Prometheus and Alertmanager listen on its
+    loopback only)."""
+    return json.loads(on_target("python3", "-c", GET, url))
+
+
+def query(expr: str) -> list[dict]:
+    answer = get(f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def value(expr: str) -> float | None:
+    result = query(expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait_for(what: str, check, timeout: float, every: float = 2.0):
+    """check() until it returns something truthy; fails naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(every)
+
+
+def firing(alertname: str) -> list[dict]:
+    alerts = get(f"{ALERTMANAGER}/api/v2/alerts?active=true&silenced=false&inhibited=false")
+    return [a for a in alerts if a["labels"].get("alertname") == alertname
+            and a["labels"].get("instance") == TARGET]
+
+
+@pytest.fixture(scope="module")
+def client() -> ollama.Client:
+    import subprocess
+
+    address = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+         TARGET], text=True, capture_output=True, check=True).stdout.strip()
+    return ollama.Client(host=f"http://{address}:8080", timeout=120,
+                         headers={"Authorization": "Bearer gk_lab-user-key-not-a-secret"})
+
+
+def test_prometheus_scrapes_every_target_and_evaluates_every_rule():
+    targets = get(f"{PROMETHEUS}/api/v1/targets?state=active")["data"]["activeTargets"]
+    jobs = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in targets}
+    assert {("gateway", TARGET), ("node", TARGET), ("prometheus", TARGET),
+            ("alertmanager", TARGET)} <= set(jobs), jobs
+    assert set(jobs.values()) == {"up"}, [t for t in targets if t["health"] != "up"]
+    groups = get(f"{PROMETHEUS}/api/v1/rules")["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) > 20 and {r["health"] for r in rules} == {"ok"}, rules
+
+
+def test_probe_traffic_arrives_with_the_counts_sent_and_every_panel_shows_data(client):
+    selector = f'endpoint="/api/generate",model="{MODEL}",instance="{TARGET}"'
+    requests = f"sum(gateway_request_duration_seconds_count{{{selector}}})"
+    first_token = f"sum(gateway_time_to_first_token_seconds_count{{{selector}}})"
+    tokens = f'sum(gateway_completion_tokens_total{{model="{MODEL}",instance="{TARGET}"}})'
+    before = {expr: value(expr) or 0.0 for expr in (requests, first_token, tokens)}
+    sent = [client.generate(model=MODEL, prompt="Count to three:", raw=True,
+                            options={"num_predict": 6}).eval_count for _ in range(5)]
+    wait_for("the five requests in Prometheus",
+             lambda: value(requests) == before[requests] + 5, timeout=60)
+    assert value(first_token) == before[first_token] + 5
+    assert value(tokens) == before[tokens] + sum(sent)
+    # The recording rules need two samples of the new counts in their 5 m windows.
+    wait_for("the latency quantiles recorded",
+             lambda: query(f'instance_endpoint_model:gateway_request_duration_seconds:p95_5m'
+                           f'{{{selector}}}'), timeout=60)
+
+    panels: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for uid, title, expr in panel_queries():
+        if not needs(expr) & LAB_LACKS:
+            panels[(uid, title)].append(expr)
+    empty = [panel for panel, exprs in panels.items() if not any(query(e) for e in exprs)]
+    assert not empty, f"panels that show nothing after probe traffic: {empty}"
+    assert len(panels) > 25
+
+
+def test_a_stopped_ollama_fires_backend_down_in_alertmanager_and_resolves(client):
+    on_target("docker", "stop", OLLAMA)
+    try:
+        alert = wait_for("BackendDown firing in Alertmanager", lambda: firing("BackendDown"),
+                         timeout=240, every=5)
+        assert alert[0]["labels"]["severity"] == "critical"
+        assert "docker compose" in alert[0]["annotations"]["description"]
+    finally:
+        on_target("docker", "start", OLLAMA)
+    wait_healthy(OLLAMA)
+    wait_for("BackendDown resolved", lambda: not firing("BackendDown"), timeout=180, every=5)
+
+
+def test_a_frozen_ollama_is_restarted_by_the_healer_and_its_model_loaded_again(client):
+    started = state(OLLAMA)["StartedAt"]
+    restarts = f'gemma_airgap_healer_restarts_total{{service="ollama",instance="{TARGET}"}}'
+    before = value(restarts) or 0.0
+    frozen = time.monotonic()
+    on_target("docker", "kill", "--signal=STOP", OLLAMA)
+    wait_for("the healer restarting the frozen Ollama",
+             lambda: state(OLLAMA)["StartedAt"] != started, timeout=300, every=5)
+    took = time.monotonic() - frozen
+    wait_healthy(OLLAMA)
+    loaded = wait_for("the default model loaded again",
+                      lambda: [m.model for m in client.ps().models if m.model == MODEL],
+                      timeout=120)
+    assert loaded
+    wait_for("the restart counted", lambda: (value(restarts) or 0.0) == before + 1, timeout=60)
+    print(f"frozen Ollama restarted and its model loaded again {took:.0f} s after the freeze")
