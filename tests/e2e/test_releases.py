@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,24 @@ def models() -> dict[str, str]:
     return {m["name"]: m["digest"] for m in json.loads(body)["models"]}
 
 
+STEPS: list[tuple[str, float]] = []  # (what, seconds): printed after the test, for its cost
+
+
 def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"),
+    started = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"),
                            str(ROOT / "playbooks" / name), *extra],
                           cwd=ROOT, env=env, text=True, capture_output=True, check=False)
+    STEPS.append((" ".join([name, *extra]), time.monotonic() - started))
+    return done
+
+
+def timed_deploy(source: Path) -> subprocess.CompletedProcess:
+    started = time.monotonic()
+    done = deploy(source)
+    STEPS.append((f"deploy.yml {source.name}", time.monotonic() - started))
+    return done
 
 
 def links() -> tuple[str, str]:
@@ -87,10 +101,12 @@ def links() -> tuple[str, str]:
 
 
 @pytest.fixture
-def variant(tmp_path):
+def variant(tmp_path, capsys):
     path = tmp_path / "lab-2.yml"
     path.write_text(VARIANT)
     yield path
+    with capsys.disabled():  # what each step cost, in make test's output
+        print("\n" + "\n".join(f"{seconds:6.1f} s  {what}" for what, seconds in STEPS))
     for version in ("lab-2", "lab-3"):  # the target keeps its copies; the host needs none
         shutil.rmtree(BUNDLES / version, ignore_errors=True)
 
@@ -101,7 +117,7 @@ def test_releases_roll_back_whole_and_prune_keeps_current_and_previous(variant):
     assert image_request()[0] == 200
     prepared = playbook("prepare.yml", "-e", "bundle_version=lab-2", "-e", f"@{variant}")
     assert prepared.returncode == 0, prepared.stdout[-3000:]
-    deployed = deploy(BUNDLES / "lab-2")
+    deployed = timed_deploy(BUNDLES / "lab-2")
     assert deployed.returncode == 0, deployed.stdout[-3000:]
     assert links() == (f"{RELEASES}/lab-2", f"{RELEASES}/lab-1")
     assert "lab/only-in-lab-2:v1" in models()
@@ -126,7 +142,7 @@ def test_releases_roll_back_whole_and_prune_keeps_current_and_previous(variant):
     # lab-3 (the lab's own profile) on top: lab-2 is then older than previous.
     prepared = playbook("prepare.yml", "-e", "bundle_version=lab-3")
     assert prepared.returncode == 0, prepared.stdout[-3000:]
-    deployed = deploy(BUNDLES / "lab-3")
+    deployed = timed_deploy(BUNDLES / "lab-3")
     assert deployed.returncode == 0, deployed.stdout[-3000:]
     assert links() == (f"{RELEASES}/lab-3", f"{RELEASES}/lab-1")
     # A model made on site is the site's, whatever prune finds.
