@@ -132,9 +132,9 @@ def _value(reader, kind, keep, key):
             if count > KEEP_ARRAY:
                 raise GGUFError("array %s has %d elements, more than a model has layers (%d)"
                                 % (key, count, KEEP_ARRAY))
-            return [reader.unpack(_SCALARS[item], key) for _ in range(count)]
+            return [reader.unpack(_SCALARS[item], key) for _index in range(count)]
         if item == _STRING:
-            for _ in range(count):
+            for _index in range(count):
                 reader.skip(reader.length(STRING_LIMIT, "string in " + key), key)
             return None
         raise GGUFError("array %s holds value type %d (arrays of arrays are refused)" % (key, item))
@@ -167,7 +167,7 @@ def read_metadata(stream, size):
         raise GGUFError("the header announces %d tensors and %d metadata entries (limits %d and "
                         "%d): refused" % (tensors, entries, SHAPE_LIMIT, KV_LIMIT))
     metadata = {}
-    for _ in range(entries):
+    for _entry in range(entries):
         key = reader.read(reader.length(KEY_LIMIT, "key"), "key").decode("utf-8", "replace")
         kind = reader.unpack("<I", "value type of " + key)
         keep = _wanted(key)

@@ -23,7 +23,7 @@ description:
     the C(current) or C(previous) links themselves); a file already present is never replaced.
   - A link is made under a temporary name and renamed into place, so a cut run leaves no
     half-made file under a listed name.
-  - Releases on another filesystem cannot be linked: their files are sent as usual.
+  - Releases on another filesystem cannot be linked; their files are sent as usual.
 version_added: "0.14.0"
 author: gemma-airgap developers (@gemma-airgap)
 options:
@@ -160,7 +160,7 @@ class Seeder:
             info = os.lstat(directory)
             if stat.S_ISDIR(info.st_mode):
                 found.append((info.st_mtime, directory))
-        releases = (Release.read(directory) for _, directory in sorted(found, reverse=True))
+        releases = (Release.read(directory) for _mtime, directory in sorted(found, reverse=True))
         return [release for release in releases if release is not None]
 
     def run(self):
