@@ -159,7 +159,11 @@ class Gateway:
             try:
                 self.metrics.record_backend(await self.backend_json("/api/ps"),
                                             await self.backend_json("/api/tags"))
-            except (UpstreamError, ValueError):
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Any bad answer is a backend that is not well; the poller must outlive it,
+                # or backend_up would stay at its last value.
                 self.metrics.backend_up.labels("ollama").set(0)
             else:
                 self.metrics.backend_up.labels("ollama").set(1)
@@ -633,8 +637,13 @@ class Call:
             raise Refusal(404, "this gateway has no vision backend", "not_found")
         _entry, upstream = next(iter(self.gateway.vision.values()))
         try:
-            answer = await upstream.request("GET", "/metrics", timeout=5, idle_timeout=5)
-            data = await answer.read(limit=VISION_METRICS_LIMIT)
+            # One deadline for the whole answer: a server that drips bytes holds no scrape.
+            async with asyncio.timeout(8):
+                answer = await upstream.request("GET", "/metrics", timeout=5, idle_timeout=5)
+                data = await answer.read(limit=VISION_METRICS_LIMIT)
+        except TimeoutError:
+            raise Refusal(504, "the vision backend's metrics took longer than 8 s",
+                          "vision_metrics") from None
         except UpstreamError as exc:
             raise Refusal(502, f"the vision backend's metrics are not answering: {exc}",
                           "vision_metrics") from None

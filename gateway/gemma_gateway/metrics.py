@@ -19,6 +19,15 @@ RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 OTHER = "other"
 
 
+def entries(answer: dict) -> list[dict]:
+    """The model objects of an /api/tags or /api/ps answer: at most 1000, objects only (the
+    backend's answer is checked like any input)."""
+    models = answer.get("models")
+    if not isinstance(models, list):
+        return []
+    return [model for model in models[:1000] if isinstance(model, dict)]
+
+
 class Metrics:
     def __init__(self, fixed_models: tuple[str, ...] = ()) -> None:
         self.fixed_models = frozenset(model for model in fixed_models if model)
@@ -65,14 +74,16 @@ class Metrics:
 
     def record_backend(self, ps: dict, tags: dict) -> None:
         """What the poller read from /api/ps and /api/tags (the backend's own names)."""
-        names = [str(model.get("name", "")) for model in tags.get("models", [])[:1000]]
+        names = [str(model.get("name", "")) for model in entries(tags)]
         self.known_models = self.fixed_models | frozenset(name for name in names if name)
         self.loaded.clear()
         self.loaded_bytes.clear()
-        for model in ps.get("models", []):
+        for model in entries(ps):
             label = self.model(str(model.get("name", "")))
+            size = model.get("size")
             self.loaded.labels(label).set(1)
-            self.loaded_bytes.labels(label).set(model.get("size") or 0)
+            self.loaded_bytes.labels(label).set(
+                size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0)
         self.available.set(len(names))
 
     def record_final(self, model: str, final: dict) -> None:

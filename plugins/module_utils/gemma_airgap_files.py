@@ -72,15 +72,20 @@ def read_regular(path, limit):
 
 def sha256_file(path, chunk=CHUNK):
     """Hex sha256 of a regular file (never through a final symlink), read once."""
+    with open_regular(path) as source:
+        return sha256_reader(source, chunk)
+
+
+def sha256_reader(source, chunk=CHUNK):
+    """Hex sha256 of what an open (unbuffered) reader holds from where it stands."""
     digest = hashlib.sha256()
     buffer = bytearray(chunk)
     view = memoryview(buffer)
-    with open_regular(path) as source:
-        while True:
-            count = source.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
+    while True:
+        count = source.readinto(buffer)
+        if not count:
+            break
+        digest.update(view[:count])
     return digest.hexdigest()
 
 

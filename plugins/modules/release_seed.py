@@ -81,7 +81,6 @@ not_taken:
             "reason": "checksum mismatch"}]
 """
 
-import errno
 import os
 import stat
 
@@ -95,8 +94,9 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_b
 )
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files import (
     UnsafeFile,
+    open_regular,
     read_regular,
-    sha256_file,
+    sha256_reader,
 )
 
 
@@ -134,6 +134,7 @@ class Seeder:
         self.module = module
         self.path = os.path.realpath(module.params["path"])
         self.root = os.path.realpath(module.params["root"])
+        self.device = None  # the release's filesystem: only its files can be linked
         self.linked = []
         self.linked_bytes = 0
         self.skipped = []
@@ -165,6 +166,7 @@ class Seeder:
 
     def run(self):
         expected = self.expected()
+        self.device = os.stat(self.path).st_dev
         releases = self.others()
         for wanted in self.module.params["files"]:
             path = relative_path(wanted)
@@ -181,25 +183,35 @@ class Seeder:
                     break
 
     def link(self, source, path, digest, release):
-        """Link source to path in this release once its content is checked; True when done."""
+        """Link source to path in this release once its content is checked; True when done.
+
+        The file hashed is the file linked: it is opened once (never through a symlink, and
+        only when no link on its way leads out of its release), hashed from that descriptor,
+        and the new name must then be that same inode.
+        """
+        if not os.path.realpath(source).startswith(os.path.realpath(release) + os.sep):
+            self.skip(path, release, "a link on its way leads out of its release")
+            return False
         try:
-            info = os.lstat(source)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafeFile("not a regular file")
-            actual = sha256_file(source)
+            with open_regular(source) as reader:
+                info = os.fstat(reader.fileno())
+                if info.st_dev != self.device:
+                    self.skip(path, release, "another filesystem")
+                    return False
+                actual = sha256_reader(reader)
         except (OSError, UnsafeFile) as error:
             self.skip(path, release, str(error))
             return False
         if actual != digest:
             self.skip(path, release, "checksum mismatch")
             return False
-        if not self.module.check_mode and not self.place(source, path, release):
+        if not self.module.check_mode and not self.place(source, path, release, info):
             return False
         self.linked.append(path)
         self.linked_bytes += info.st_size
         return True
 
-    def place(self, source, path, release):
+    def place(self, source, path, release, checked):
         dest = os.path.join(self.path, path)
         temporary = os.path.join(os.path.dirname(dest),
                                  ".seed-%d-%s" % (os.getpid(), os.path.basename(dest)))
@@ -207,14 +219,16 @@ class Seeder:
             if not os.path.isdir(os.path.dirname(dest)):
                 os.makedirs(os.path.dirname(dest), 0o755)
             os.link(source, temporary, follow_symlinks=False)
+            made = os.lstat(temporary)
+            if (made.st_dev, made.st_ino) != (checked.st_dev, checked.st_ino):
+                os.unlink(temporary)
+                self.skip(path, release, "replaced while it was checked")
+                return False
             os.rename(temporary, dest)
         except OSError as error:
             if os.path.lexists(temporary):
                 os.unlink(temporary)
-            if error.errno != errno.EXDEV:
-                self.module.fail_json(msg="Linking %s from %s failed: %s" % (path, release, error))
-            self.skip(path, release, "another filesystem")
-            return False
+            self.module.fail_json(msg="Linking %s from %s failed: %s" % (path, release, error))
         return True
 
     def skip(self, path, release, reason):

@@ -11,6 +11,7 @@ import http.server as httpserver
 import threading
 
 import pytest
+from prometheus_client import generate_latest
 
 from .conftest import INFERENCE_KEY, METRICS_KEY, Gateway
 from .test_gateway import http
@@ -94,3 +95,16 @@ def test_a_gateway_without_a_vision_backend_has_no_vision_metrics(standin, tmp_p
         assert scrape(plain)[0] == 404
     finally:
         plain.stop()
+
+
+def test_odd_backend_answers_neither_break_the_poller_nor_grow_the_series():
+    from gemma_gateway.metrics import Metrics
+
+    metrics = Metrics(fixed_models=("gemma3:270m",))
+    metrics.record_backend({"models": None}, {"models": [1, "x", {"name": 5}, None]})
+    metrics.record_backend({"models": [{"name": "gemma3:270m", "size": "huge"}, 7]},
+                           {"models": {"not": "a list"}})
+    text = generate_latest(metrics.registry).decode()
+    assert 'gateway_model_memory_bytes{model="gemma3:270m"} 0.0' in text
+    assert 'gateway_model_loaded{model="gemma3:270m"} 1.0' in text
+    assert "gateway_models_available 0.0" in text

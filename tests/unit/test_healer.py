@@ -306,6 +306,25 @@ def test_a_stopped_container_is_not_started_again(project):
     assert metrics['gemma_airgap_healer_restarts_total{service="gateway"}'] == 0
 
 
+def test_a_paused_container_is_left_to_the_operator_who_paused_it(project):
+    name = project.start("gateway")
+    project.sicken("gateway")
+    wait_health(name, "unhealthy")
+    watcher = project.healer()
+    watcher.check_once()
+    docker("pause", name)  # someone looks at the hung process: not ours to destroy
+    try:
+        time.sleep(2.5)
+        watcher.check_once()
+        watcher.check_once()
+        assert inspect(name)["State"]["Paused"] is True
+        metrics = project.metrics()
+        assert metrics['gemma_airgap_container_healthy{service="gateway"}'] == 0
+        assert metrics['gemma_airgap_healer_restarts_total{service="gateway"}'] == 0
+    finally:
+        docker("unpause", name)
+
+
 def requests_seen(project: Project) -> list[dict]:
     log = project.flags("ollama") / "requests.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

@@ -40,20 +40,19 @@ SITES = {
     "tls-webhook": {
         "__monitoring_scraped": [
             {"name": "llm-01", "address": "10.20.0.11", "gpu": False, "metrics_key": "k1",
-             "certificate": "PEM"},
+             "certificate": "PEM", "server_name": "llm-01.example.internal", "vision": True},
             {"name": "llm-02", "address": "10.20.0.12", "gpu": False, "metrics_key": "k2",
-             "certificate": ""}],
+             "certificate": "", "server_name": "llm-02", "vision": False}],
         "monitoring_alert_receiver": {"webhook_url": "http://alerts.example.internal/hook"},
     },
     # A GPU target without a metrics key, an e-mail relay, no vision metrics.
     "gpu-email": {
         "__monitoring_scraped": [
             {"name": "gpu-01", "address": "10.20.0.21", "gpu": True, "metrics_key": "",
-             "certificate": ""}],
+             "certificate": "", "server_name": "gpu-01", "vision": True}],
         "monitoring_alert_receiver": {"email_to": "ops@example.internal",
                                       "email_from": "am@example.internal",
                                       "smarthost": "mail.example.internal:25"},
-        "monitoring_scrape_vision": False,
     },
 }
 
@@ -104,9 +103,18 @@ def test_rendered_files_pass_promtool_and_amtool(name, tmp_path, prometheus_tool
         assert gateway["static_configs"][0]["labels"] == {"instance": target["name"]}
         assert gateway["scheme"] == ("https" if target["certificate"] else "http")
         assert ("tls_config" in gateway) == bool(target["certificate"])
+        if target["certificate"]:
+            assert gateway["tls_config"]["server_name"] == target["server_name"]
+        vision = jobs.get(f"vision/{target['name']}")
+        assert (vision is not None) == target["vision"]
+        if vision:  # only llama-server's own series, and only so many
+            assert vision["metric_relabel_configs"] == [
+                {"source_labels": ["__name__"], "regex": "llamacpp:.+", "action": "keep"}]
+            assert vision["sample_limit"] <= 2000
         assert target["metrics_key"] not in (out / "prometheus.yml").read_text()
     nodes = [c["labels"]["instance"] for c in jobs["node"]["static_configs"]]
     assert nodes == [t["name"] for t in SITES[name]["__monitoring_scraped"]]
     assert ("dcgm" in jobs) == any(t["gpu"] for t in SITES[name]["__monitoring_scraped"])
-    vision = [job for job in jobs if job.startswith("vision/")]
-    assert bool(vision) == SITES[name].get("monitoring_scrape_vision", True)
+    assert jobs["alertmanager"]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "127.0.0.1:9093"]

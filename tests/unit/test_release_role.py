@@ -183,3 +183,38 @@ def test_prepare_accepts_a_plain_version(tmp_path):
     result = playbook(tmp_path, PREFLIGHT, {**PREFLIGHT_VARS, "bundle_root": str(tmp_path / "b"),
                                             "bundle_version": "2026.11.25-1"})
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+PARTIALS = """
+- name: Which rsync partial files the release role keeps for the next rsync run
+  hosts: all
+  gather_facts: false
+  vars_files: [{vars}]
+  tasks:
+    - name: Show them
+      ansible.builtin.debug:
+        msg: "KEPT{{{{ __release_resumable | map(attribute='path') | list | to_json }}}}KEPT"
+      vars:
+        __release_how: rsync
+        __release_before:
+          bad_files:
+            - {{path: models/blobs/.rsync-partial/sha256-a, reason: not listed in SHA256SUMS}}
+            - {{path: models/blobs/.rsync-partial/sha256-gone, reason: not listed in SHA256SUMS}}
+            - {{path: .rsync-partial/bundle.json, reason: not listed in SHA256SUMS}}
+            - {{path: models/.rsync-partial/x/y, reason: not listed in SHA256SUMS}}
+            - {{path: models/blobs/.rsync-partial/sha256-b, reason: symlink}}
+            - {{path: models/blobs/sha256-a, reason: missing}}
+            - {{path: models/blobs/sha256-b, reason: missing}}
+            - {{path: bundle.json, reason: checksum mismatch}}
+"""
+
+
+def test_only_partial_files_of_files_still_to_send_are_kept(tmp_path):
+    """A partial file rsync resumes from stays; one whose file is no longer to be sent (a
+    bundle re-made under its version, or rsync cut after its rename) is a stray, removed."""
+    done = playbook(tmp_path, PARTIALS.format(vars=ROOT / "roles/release/vars/main.yml"), {})
+    assert done.returncode == 0, done.stdout[-3000:]
+    shown = re.search(r"KEPT(\[.*?\])KEPT", done.stdout)
+    assert shown, done.stdout[-3000:]
+    kept = json.loads(shown.group(1))
+    assert kept == ["models/blobs/.rsync-partial/sha256-a", ".rsync-partial/bundle.json"]

@@ -109,3 +109,18 @@ def test_a_release_without_its_list_is_refused_with_what_to_do(root):
     (root / "v2").mkdir(parents=True)
     result = seed(root, "v2", ["blob"])
     assert result.get("failed") and "copy the bundle's SHA256SUMS there first" in result["msg"]
+
+
+def test_a_directory_link_in_an_earlier_release_is_not_a_way_out(root, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "blob").write_bytes(b"data")
+    old = root / "v1"
+    old.mkdir(parents=True)
+    (old / "models").symlink_to(outside)  # listed as models/blob, reached through a link
+    (old / "SHA256SUMS").write_text(f"{hashlib.sha256(b'data').hexdigest()}  models/blob\n")
+    release(root, "v2", {}, listed={"models/blob": b"data"})
+    result = seed(root, "v2", ["models/blob"])
+    assert result["linked"] == []
+    assert result["not_taken"][0]["reason"] == "a link on its way leads out of its release"
+    assert not (root / "v2" / "models" / "blob").exists()

@@ -246,9 +246,11 @@ class Container:
 
     @property
     def stuck(self) -> bool:
-        """Runs (a paused container too: a frozen process is what we are here for) and fails
-        its healthcheck. A stopped container is an operator's choice, never ours to undo."""
-        return self.running and not self.restarting and self.health == "unhealthy"
+        """Runs and fails its healthcheck: a hung or frozen process. A stopped or paused
+        container is an operator's choice, never ours to undo (Docker also stops checking a
+        paused container's health, so its status says nothing new)."""
+        return (self.running and not self.paused and not self.restarting
+                and self.health == "unhealthy")
 
     @classmethod
     def from_inspect(cls, item: object, project: str) -> Container | None:
