@@ -778,7 +778,8 @@ def prometheus_tools(config: LabConfig) -> Path:
     if not (tree / "usr" / "bin" / "amtool").exists():
         with tempfile.TemporaryDirectory() as download:
             run(["apt-get", "download", "-q",
-                 *[f"{p}={v}" for p, v in zip(PROMETHEUS_TOOL_PACKAGES, versions)]], cwd=download)
+                 *[f"{p}={v}" for p, v in zip(PROMETHEUS_TOOL_PACKAGES, versions, strict=True)]],
+                cwd=download)
             unpacked = Path(download) / "tree"
             for deb in sorted(Path(download).glob("*.deb")):
                 run(["dpkg-deb", "-x", str(deb), str(unpacked)])
