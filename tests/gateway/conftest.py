@@ -46,7 +46,8 @@ class Gateway:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gemma_gateway.server", "--host", "127.0.0.1", "--port",
              str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        if not wait_listening(self.port, self.process, 20):
+        # Generous: a loaded CI machine starts Python slowly; a gateway that works is quick.
+        if not wait_listening(self.port, self.process, 60):
             self.stop()
             raise RuntimeError(f"gateway did not start; log: {self.log.name}")
 
