@@ -47,7 +47,7 @@ def recap(result: subprocess.CompletedProcess) -> dict:
 def built(tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "standin"], check=True,
                    capture_output=True)
-    for command in ("vision", "model"):
+    for command in ("vision", "prometheus", "model"):
         subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), command], check=True,
                        capture_output=True)
     root = tmp_path_factory.mktemp("bundles")
@@ -65,7 +65,7 @@ def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["version"] == VERSION
     assert [m["name"] for m in meta["models"]] == ["gemma3:270m", "gemma3n:tiny"]
-    assert [i["name"] for i in meta["images"]] == ["ollama", "gateway", "vision"]
+    assert [i["name"] for i in meta["images"]] == ["ollama", "gateway", "vision", "prometheus"]
     assert meta["images"][1]["image"] == f"gemma-airgap/gateway:{VERSION}"  # built by prepare
     assert meta["vision"] == [{"model": "gemma3n:tiny",
                                "model_file": "vision/gemma3n-tiny-model.gguf",
