@@ -77,7 +77,9 @@ def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
     cert, key = tmp_path / "gateway.crt", tmp_path / "gateway.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=gateway.lab", "-addext",
-                    f"subjectAltName=DNS:gateway.lab,IP:{address},IP:127.0.0.1",
+                    # Prometheus on the monitoring host checks it against the target's
+                    # inventory name (gateway_tls_server_name where that differs).
+                    f"subjectAltName=DNS:gateway.lab,DNS:{TARGET},IP:{address},IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     extra = tmp_path / "tls.json"
     extra.write_text(json.dumps({"gateway_tls_certificate": cert.read_text(),
