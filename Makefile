@@ -167,11 +167,12 @@ e2e: setup
 	$(BIN)/molecule destroy -s airgap
 
 # The lab bundle first (the role scenarios take images, models and packages from it; the
-# air-gap scenario's own prepare then changes nothing), then the end-to-end suites and the
-# role scenarios side by side: separate labs, and both mostly wait (lab/stages.py).
-test: lint unit lab-tests prepare
+# air-gap scenario's own prepare then changes nothing; it also builds the lab's base images),
+# then side by side: the end-to-end suites, and the lab tests followed by the role scenarios.
+# Separate labs (each its own prefix), and all of them mostly wait (lab/stages.py).
+test: lint unit prepare
 	$(BIN)/python lab/stages.py e2e='$(MAKE) --no-print-directory e2e' \
-	  molecule='$(MAKE) --no-print-directory molecule'
+	  lab-and-roles='$(MAKE) --no-print-directory lab-tests molecule'
 
 bench: setup
 	$(BIN)/python benchmarks/bench_standin.py
