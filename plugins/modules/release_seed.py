@@ -100,6 +100,15 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_f
 )
 
 
+def listed(directory):
+    """[(relative path, hex)] of directory's SHA256SUMS; names that would leave it are dropped.
+
+    Raises OSError, UnsafeFile, UnicodeDecodeError or ValueError when it cannot be read."""
+    text = read_regular(os.path.join(directory, SUMS), SUMS_LIMIT).decode("utf-8")
+    pairs = ((relative_path(name), digest) for name, digest in parse_sums(text))
+    return [(path, digest) for path, digest in pairs if path is not None]
+
+
 class Release:
     """One release directory on the target and what its SHA256SUMS lists."""
 
@@ -112,14 +121,11 @@ class Release:
         """The release, or None when its list cannot be read or parsed (it is then not used)."""
         release = cls(directory)
         try:
-            text = read_regular(os.path.join(directory, SUMS), SUMS_LIMIT).decode("utf-8")
-            entries = parse_sums(text)
+            entries = listed(directory)
         except (OSError, UnsafeFile, UnicodeDecodeError, ValueError):
             return None
-        for name, digest in entries:
-            path = relative_path(name)
-            if path is not None:
-                release.by_digest.setdefault(digest, path)
+        for path, digest in entries:
+            release.by_digest.setdefault(digest, path)
         return release
 
     def candidate(self, digest):
@@ -142,14 +148,12 @@ class Seeder:
     def expected(self):
         """{relative path: digest} from this release's own SHA256SUMS."""
         try:
-            text = read_regular(os.path.join(self.path, SUMS), SUMS_LIMIT).decode("utf-8")
-            entries = parse_sums(text)
+            entries = listed(self.path)
         except (OSError, UnsafeFile, UnicodeDecodeError, ValueError) as error:
             self.module.fail_json(msg="%s/%s cannot be read (%s): copy the bundle's %s there "
                                       "first (the release role does)."
                                       % (self.path, SUMS, error, SUMS))
-        return {relative_path(name): digest for name, digest in entries
-                if relative_path(name) is not None}
+        return dict(entries)
 
     def others(self):
         """The other plain release directories under root, newest first (by mtime)."""

@@ -14,7 +14,6 @@ import time
 import urllib.parse
 from collections import defaultdict
 
-import ollama
 import pytest
 
 from tests.unit.test_dashboards import needs, panel_queries
@@ -68,17 +67,6 @@ def firing(alertname: str) -> list[dict]:
     alerts = get(f"{ALERTMANAGER}/api/v2/alerts?active=true&silenced=false&inhibited=false")
     return [a for a in alerts if a["labels"].get("alertname") == alertname
             and a["labels"].get("instance") == TARGET]
-
-
-@pytest.fixture(scope="module")
-def client() -> ollama.Client:
-    import subprocess
-
-    address = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-         TARGET], text=True, capture_output=True, check=True).stdout.strip()
-    return ollama.Client(host=f"http://{address}:8080", timeout=120,
-                         headers={"Authorization": "Bearer gk_lab-user-key-not-a-secret"})
 
 
 def test_prometheus_scrapes_every_target_and_evaluates_every_rule():

@@ -15,7 +15,7 @@ import ollama
 import pytest
 from PIL import Image
 
-from .test_deploy_refusals import TARGET, on_target
+from .test_deploy_refusals import on_target
 
 pytestmark = pytest.mark.e2e
 
@@ -27,17 +27,6 @@ def picture() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (120, 80), (240, 200, 20)).save(buffer, "JPEG")
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def client() -> ollama.Client:
-    import subprocess
-
-    address = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-         TARGET], text=True, capture_output=True, check=True).stdout.strip()
-    return ollama.Client(host=f"http://{address}:8080", timeout=120,
-                         headers={"Authorization": "Bearer gk_lab-user-key-not-a-secret"})
 
 
 def ask_with_image(client: ollama.Client):

@@ -30,6 +30,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from gemma_gateway.metrics import Metrics
+from tests.unit.test_prometheus_rules import CONTRACT_RECORDS
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "roles" / "monitoring" / "files" / "grafana" / "dashboards"
@@ -56,20 +57,7 @@ ANY_VALUE = ".+"
 
 # --- names the monitoring contract (issue 15) promises ------------------------------------------
 
-RECORDING_NAMES = frozenset({
-    "instance_endpoint_model:gateway_request_duration_seconds:p50_5m",
-    "instance_endpoint_model:gateway_request_duration_seconds:p95_5m",
-    "instance_endpoint_model:gateway_request_duration_seconds:p99_5m",
-    "instance_model:gateway_requests:rate5m",
-    "instance_model:gateway_completion_tokens:rate5m",
-    "instance_model:gateway_prompt_tokens:rate5m",
-    "instance_model:gateway_time_to_first_token_seconds:p50_5m",
-    "instance_model:gateway_time_to_first_token_seconds:p95_5m",
-    "instance_model:gateway_time_to_first_token_seconds:p99_5m",
-    "instance_model:gateway_model_load_seconds:p95_5m",
-    "instance:gateway_errors:ratio5m",
-    "instance:gateway_saturated:rate5m",
-})
+RECORDING_NAMES = frozenset(CONTRACT_RECORDS)  # one list, the rules test's
 # Textfile metrics on each target (the healer's; backup and TLS arrive with later issues).
 TEXTFILE_NAMES = frozenset({
     "gemma_airgap_container_healthy", "gemma_airgap_healer_restarts_total",

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +29,7 @@ HEALER_PATH = ROOT / "roles" / "healer" / "files" / "gemma_airgap_healer.py"
 PREFIX = "gemma-airgap-healertest-"
 IMAGE = labctl.BUILDER_IMAGE.tag  # Debian 12 + python3, built by the lab from Debian's packages
 MODEL = "gemma3n:tiny"
-PORT = 11434
+PORT = 11434  # where molecule/healer/files/fake_ollama.py listens
 
 
 def _load_healer():
@@ -43,32 +42,8 @@ def _load_healer():
 
 healer = _load_healer()
 
-# The stand-in Ollama: answers GET / (its healthcheck) and records every POST's path and body;
-# with /flags/fail present it refuses as Ollama does (400 and an error object).
-FAKE_OLLAMA = textwrap.dedent("""
-    import json, os
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"Ollama is running")
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            with open("/flags/requests.jsonl", "a") as log:
-                log.write(json.dumps({"path": self.path, "body": body.decode()}) + "\\n")
-            failing = os.path.exists("/flags/fail")
-            self.send_response(400 if failing else 200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            answer = {"error": "model not found"} if failing else {
-                "model": "m", "response": "", "done": True, "done_reason": "load"}
-            self.wfile.write(json.dumps(answer).encode())
-
-    HTTPServer(("0.0.0.0", %d), Handler).serve_forever()
-""") % PORT
+# The stand-in Ollama the role scenario uses too (it listens on PORT).
+FAKE_OLLAMA = (ROOT / "molecule" / "healer" / "files" / "fake_ollama.py").read_text()
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -290,37 +265,34 @@ def test_the_cap_counts_per_service(project):
         assert metrics[f'gemma_airgap_healer_gave_up{{service="{service}"}}'] == 1
 
 
-def test_a_stopped_container_is_not_started_again(project):
+def left_alone_after(project: Project, *operator_action: str) -> str:
+    """An unhealthy gateway the healer has seen, then what an operator did to it, then the
+    grace passed and two more checks: the healer must not have restarted it."""
     name = project.start("gateway")
     project.sicken("gateway")
     wait_health(name, "unhealthy")
     watcher = project.healer()
     watcher.check_once()
-    docker("stop", "-t", "1", name)  # an operator stopped it: not ours to undo
+    docker(*operator_action, name)
     time.sleep(2.5)
     watcher.check_once()
     watcher.check_once()
-    assert inspect(name)["State"]["Running"] is False
     metrics = project.metrics()
     assert metrics['gemma_airgap_container_healthy{service="gateway"}'] == 0
     assert metrics['gemma_airgap_healer_restarts_total{service="gateway"}'] == 0
+    return name
+
+
+def test_a_stopped_container_is_not_started_again(project):
+    name = left_alone_after(project, "stop", "-t", "1")  # an operator stopped it: not ours
+    assert inspect(name)["State"]["Running"] is False
 
 
 def test_a_paused_container_is_left_to_the_operator_who_paused_it(project):
-    name = project.start("gateway")
-    project.sicken("gateway")
-    wait_health(name, "unhealthy")
-    watcher = project.healer()
-    watcher.check_once()
-    docker("pause", name)  # someone looks at the hung process: not ours to destroy
+    # Someone looks at the hung process: not ours to destroy.
+    name = left_alone_after(project, "pause")
     try:
-        time.sleep(2.5)
-        watcher.check_once()
-        watcher.check_once()
         assert inspect(name)["State"]["Paused"] is True
-        metrics = project.metrics()
-        assert metrics['gemma_airgap_container_healthy{service="gateway"}'] == 0
-        assert metrics['gemma_airgap_healer_restarts_total{service="gateway"}'] == 0
     finally:
         docker("unpause", name)
 
