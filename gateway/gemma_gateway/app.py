@@ -167,7 +167,34 @@ class Gateway:
                 self.metrics.backend_up.labels("ollama").set(0)
             else:
                 self.metrics.backend_up.labels("ollama").set(1)
+            if self.vision:
+                self.metrics.backend_up.labels("vision").set(int(await self._vision_ready()))
             await asyncio.sleep(self.settings.poll_seconds)
+
+    async def _vision_ready(self) -> bool:
+        """Every vision backend is ready for a request.
+
+        llama-server's /health is 200 once its model is loaded (503 while loading); a server
+        without that endpoint (404: llama-cpp-python's, the lab's) is asked /v1/models."""
+        for _, upstream in self.vision.values():
+            status = await self._status(upstream, "/health")
+            if status == 404:
+                status = await self._status(upstream, "/v1/models")
+            if status != 200:
+                return False
+        return True
+
+    @staticmethod
+    async def _status(upstream: Upstream, path: str) -> int:
+        """The status of a GET, 0 when the backend cannot be reached or is too slow."""
+        try:
+            answer = await upstream.request("GET", path, timeout=5, idle_timeout=5)
+            await answer.read(limit=1024 * 1024)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return 0
+        return answer.status
 
     async def model_capabilities(self, model: str) -> list:
         """A known model's capabilities from /api/show, cached for a minute."""

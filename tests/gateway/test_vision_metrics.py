@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server as httpserver
 import threading
+import time
 
 import pytest
 from prometheus_client import generate_latest
@@ -22,10 +23,11 @@ LLAMA_SERVER_METRICS = (b"# HELP llamacpp:prompt_tokens_total Number of prompt t
 
 
 class MetricsBackend(httpserver.ThreadingHTTPServer):
-    """Answers GET /metrics with a fixed status and body."""
+    """Answers GET /metrics with a fixed status and body, and other paths from `statuses`
+    (what the test sets, as llama-server's /health answers 503 while its model loads)."""
 
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status, self.body = status, body
+    def __init__(self, status: int, body: bytes, statuses: dict[str, int] | None = None) -> None:
+        self.status, self.body, self.statuses = status, body, statuses or {}
         super().__init__(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -36,11 +38,16 @@ class MetricsBackend(httpserver.ThreadingHTTPServer):
 
 class Handler(httpserver.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        self.send_response(self.server.status if self.path == "/metrics" else 404)
+        if self.path == "/metrics":
+            status, body = self.server.status, self.server.body
+        else:
+            status = self.server.statuses.get(self.path, 404)
+            body = b'{"status":"ok"}' if status == 200 else b'{"error":"Loading model"}'
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(self.server.body)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(self.server.body)
+        self.wfile.write(body)
 
     def log_message(self, *_args) -> None:
         pass
@@ -108,3 +115,56 @@ def test_odd_backend_answers_neither_break_the_poller_nor_grow_the_series():
     assert 'gateway_model_memory_bytes{model="gemma3:270m"} 0.0' in text
     assert 'gateway_model_loaded{model="gemma3:270m"} 1.0' in text
     assert "gateway_models_available 0.0" in text
+
+
+def vision_up(gateway: Gateway, expected: float, seconds: float = 10) -> float | None:
+    """gateway_backend_up{backend="vision"} once it reads `expected`, else its last value."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status, _headers, body = http(gateway, "GET", "/metrics",
+                                      headers={"Authorization": f"Bearer {METRICS_KEY}"})
+        assert status == 200, body
+        found = [float(line.rsplit(b" ", 1)[1]) for line in body.splitlines()
+                 if line.startswith(b'gateway_backend_up{backend="vision"}')]
+        value = found[0] if found else None
+        if value == expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_vision_backend_up_follows_llama_servers_health(standin, tmp_path):
+    """Loading (503), ready (200), then gone: the series the VisionDown alert reads."""
+    backend = MetricsBackend(200, LLAMA_SERVER_METRICS, {"/health": 503, "/v1/models": 200})
+    gateway = Gateway(standin.url, tmp_path, poll_seconds=0.2, vision_backends=[
+        {"model": "gemma3n:tiny", "url": backend.url}])
+    try:
+        # /v1/models answers while llama-server loads; only /health says it can serve.
+        assert vision_up(gateway, 0) == 0
+        backend.statuses["/health"] = 200
+        assert vision_up(gateway, 1) == 1
+        backend.shutdown()
+        backend.server_close()
+        assert vision_up(gateway, 0) == 0
+    finally:
+        gateway.stop()
+        backend.server_close()
+
+
+def test_vision_backend_up_asks_v1_models_of_a_server_without_health(standin, vision_server,
+                                                                     tmp_path):
+    """llama-cpp-python's server (the lab's vision service) has no /health: 404 there is not
+    down, its /v1/models says whether it answers."""
+    gateway = Gateway(standin.url, tmp_path, vision_backends=[
+        {"model": "gemma3n:tiny", "url": vision_server.url}])
+    try:
+        assert vision_up(gateway, 1) == 1
+    finally:
+        gateway.stop()
+
+
+def test_a_gateway_without_a_vision_backend_has_no_vision_up_series(standin, tmp_path):
+    plain = Gateway(standin.url, tmp_path)
+    try:
+        assert vision_up(plain, 0, seconds=1) is None
+    finally:
+        plain.stop()
