@@ -174,13 +174,11 @@ class Gateway:
     async def _vision_ready(self) -> bool:
         """Every vision backend is ready for a request.
 
-        llama-server's /health is 200 once its model is loaded (503 while loading); a server
-        without that endpoint (404: llama-cpp-python's, the lab's) is asked /v1/models."""
+        llama-server's /health is 200 once its model is loaded (503 while loading). A server
+        without that endpoint answers 404 (llama-cpp-python's, the lab's): its HTTP loop runs,
+        which is as much as it can say; its other endpoints wait behind a running generation."""
         for _, upstream in self.vision.values():
-            status = await self._status(upstream, "/health")
-            if status == 404:
-                status = await self._status(upstream, "/v1/models")
-            if status != 200:
+            if await self._status(upstream, "/health") not in (200, 404):
                 return False
         return True
 

@@ -141,6 +141,15 @@ def test_the_vision_servers_arguments_are_strings_compose_accepts(tmp_path):
     assert command[command.index("--ctx-size") + 1] == "8192"
 
 
+def test_the_vision_healthcheck_asks_the_port_the_server_listens_on(tmp_path):
+    """Ours, not the image's (llama.cpp's asks 8080 whatever --port says): on another port
+    the image's own check would call a working server unhealthy and the healer restart it."""
+    vision = compose(tmp_path, gemma_airgap_vision_port=9191)["services"]["vision"]
+    assert vision["command"][vision["command"].index("--port") + 1] == "9191"
+    assert vision["healthcheck"]["test"] == [
+        "CMD", "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:9191/health"]
+
+
 def test_the_gateway_is_not_in_the_stacks_file(tmp_path):
     """The gateway role owns its compose service (gateway.yml); this file: Ollama, vision."""
     rendered = compose(tmp_path)
