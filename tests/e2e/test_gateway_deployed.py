@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from .test_deploy_refusals import on_target
+from .test_deploy_refusals import TARGET, on_target
+from .test_monitoring import PROMETHEUS, get, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -59,8 +60,9 @@ def test_an_inference_key_cannot_unload_the_preloaded_model():
 
 
 def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
-    """deploy with gateway_tls_certificate/_private_key: https only, the key readable by the
-    gateway's user alone, the health probes verify the chain; then back to plain HTTP."""
+    """deploy --tags gateway,monitoring with gateway_tls_certificate/_private_key (what a
+    site runs to turn TLS on or renew it): https only, the key readable by the gateway's user
+    alone, the health probes verify the chain, Prometheus scrapes over https; then back."""
     import os
     import ssl
     import subprocess
@@ -69,7 +71,7 @@ def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
 
     import ollama
 
-    from .test_deploy_refusals import ROOT, TARGET
+    from .test_deploy_refusals import ROOT
 
     address = subprocess.run(
         ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
@@ -86,7 +88,7 @@ def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
                                  "gateway_tls_private_key": key.read_text()}))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     playbook = [str(Path(sys.executable).parent / "ansible-playbook"),
-                str(ROOT / "playbooks" / "deploy.yml")]
+                str(ROOT / "playbooks" / "deploy.yml"), "--tags", "gateway,monitoring"]
     secured = subprocess.run([*playbook, "-e", f"@{extra}"], cwd=ROOT, env=env, text=True,
                              capture_output=True, check=False)
     try:
@@ -103,11 +105,22 @@ def test_tls_on_the_gateway_port_from_the_inventory(tmp_path):
         assert mode == ["400", "10001"]
         assert json.loads(on_target("docker", "inspect", "-f", "{{json .State.Health.Status}}",
                                     "gemma-airgap-gateway-1")) == "healthy"
+        wait_for("Prometheus scraping the gateway over https",
+                 lambda: gateway_scrape().startswith("https://") and gateway_scrape(), timeout=60)
     finally:
         plain = subprocess.run(playbook, cwd=ROOT, env=env, text=True, capture_output=True,
                                check=False)
     assert plain.returncode == 0, plain.stdout[-4000:]
     assert call("http://127.0.0.1:8080/api/tags", "gk_lab-user-key-not-a-secret")[0] == 200
+    wait_for("Prometheus scraping the gateway over http again",
+             lambda: gateway_scrape().startswith("http://"), timeout=60)
+
+
+def gateway_scrape() -> str:
+    """The address Prometheus scrapes the lab target's gateway at, once that scrape is up."""
+    targets = get(f"{PROMETHEUS}/api/v1/targets?state=active")["data"]["activeTargets"]
+    return next((t["scrapeUrl"] for t in targets if t["labels"]["job"] == "gateway"
+                 and t["labels"]["instance"] == TARGET and t["health"] == "up"), "")
 
 
 def test_a_key_rotation_alone_with_tags_gateway(tmp_path):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .test_deploy_refusals import ROOT
+from .test_deploy_refusals import RELEASE, ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,6 @@ PREFIX = os.environ.get("LAB_PREFIX", "gemma-airgap-lab")
 CONTROL = f"{PREFIX}-control"
 FRESH = [f"{PREFIX}-target-2", f"{PREFIX}-target-3"]
 PARTIAL = ".rsync-partial"
-RELEASE = "/opt/gemma-airgap/releases/lab-1"
 PLAYBOOK = ["/opt/gemma-airgap/venv/bin/ansible-playbook", "--inventory=/root/inventory",
             "gemma_airgap.ollama.deploy", "--tags=preflight,release"]
 
@@ -60,31 +59,52 @@ def fresh_targets():
 
 
 def partial_files(target: str) -> dict[str, int]:
-    """The files rsync holds beside their place in the release until they are whole."""
+    """The files a cut rsync left beside their place in the release, kept for the next run."""
     out = docker("exec", target, "find", RELEASE, "-path", f"*/{PARTIAL}/*", "-type", "f",
                  "-printf", "%f %s\\n", check=False)
     return {name: int(size) for name, size in
             (line.rsplit(" ", 1) for line in out.stdout.splitlines() if line)}
 
 
+def in_flight(target: str) -> dict[str, int]:
+    """The files rsync is writing now: `.<name>.XXXXXX` in the file's own directory (rsync's
+    temporary name, receiver.c get_tmpname), by the name they will have once whole."""
+    out = docker("exec", target, "find", RELEASE, "-type", "f", "-name", ".*.??????",
+                 "-printf", "%f %s\\n", check=False)
+    return {name[1:-7]: int(size) for name, size in
+            (line.rsplit(" ", 1) for line in out.stdout.splitlines() if line)}
+
+
+def receiver_gone(target: str, seconds: float = 60) -> None:
+    """The target's rsync moves a cut file into the partial directory as it exits."""
+    deadline = time.monotonic() + seconds
+    while docker("exec", target, "pgrep", "-x", "rsync", check=False).returncode == 0:
+        assert time.monotonic() < deadline, f"rsync on {target} outlived its sender"
+        time.sleep(0.5)
+
+
 def cut_a_sync(target: str) -> dict[str, int]:
-    """Start a slow sync to one target and kill it once rsync has part of a file."""
+    """Start a slow sync to one target and kill it once rsync is part way through a file;
+    returns the partial files the target kept."""
     run = subprocess.Popen(inside(f"--limit={target}", "-e", "release_rsync_bwlimit=20000"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
-    found: dict[str, int] = {}
+    writing: dict[str, int] = {}
     try:
         while time.monotonic() < deadline and run.poll() is None:
-            found = {name: size for name, size in partial_files(target).items()
-                     if size > 8 << 20}
-            if found:
+            writing = {name: size for name, size in in_flight(target).items()
+                       if size > 8 << 20}
+            if writing:
                 break
             time.sleep(0.5)
     finally:
         docker("exec", CONTROL, "pkill", "-KILL", "-f", "ansible-playbook|rsync", check=False)
         output = run.communicate(timeout=60)[0]
-    assert found, f"rsync never held a partial file on {target}:\n{output[-3000:]}"
-    return found
+    assert writing, f"rsync was never part way through a file on {target}:\n{output[-3000:]}"
+    receiver_gone(target)
+    kept = partial_files(target)
+    assert set(writing) <= set(kept), f"cut while writing {writing}, kept {kept}"
+    return kept
 
 
 def test_a_cut_sync_leaves_no_half_file_and_two_targets_then_sync_at_once(fresh_targets):
@@ -94,6 +114,7 @@ def test_a_cut_sync_leaves_no_half_file_and_two_targets_then_sync_at_once(fresh_
     listed = docker("exec", first, "find", RELEASE, "-name", PARTIAL, "-prune", "-o",
                     "-type", "f", "-printf", "%f\\n", check=False).stdout.split()
     assert not set(cut) & set(listed), f"a cut file sits in the release: {set(cut) & set(listed)}"
+    assert in_flight(first) == {}, "rsync left a temporary file behind"
 
     started = time.monotonic()
     out = subprocess.run(inside(f"--limit={first},{second}"), text=True, capture_output=True,

@@ -3,8 +3,9 @@ packages, the lab's image), fed by the real gateway, node-exporter and the heale
 
 Prometheus scrapes every target; probe traffic arrives as the series the recording rules,
 dashboards and alerts read, with the counts sent; every dashboard panel shows data; a stopped
-Ollama fires BackendDown in Alertmanager and resolves when it is back; a frozen Ollama is
-restarted by the healer and its model loaded again.
+Ollama fires BackendDown in Alertmanager and resolves when it is back; a frozen Ollama and
+vision service and gateway are restarted by the healer, the model loaded again, images
+answered again.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import pytest
 from tests.unit.test_dashboards import needs, panel_queries
 
 from .test_deploy_refusals import TARGET, on_target
-from .test_vision_deployed import state, wait_healthy
+from .test_vision_deployed import VISION, ask_with_image, state, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
 OLLAMA = "gemma-airgap-ollama-1"
+GATEWAY = "gemma-airgap-gateway-1"
 MODEL = "gemma3:270m"
 PROMETHEUS = "http://127.0.0.1:9090"
 ALERTMANAGER = "http://127.0.0.1:9093"
@@ -119,19 +121,46 @@ def test_a_stopped_ollama_fires_backend_down_in_alertmanager_and_resolves(client
     wait_for("BackendDown resolved", lambda: not firing("BackendDown"), timeout=180, every=5)
 
 
-def test_a_frozen_ollama_is_restarted_by_the_healer_and_its_model_loaded_again(client):
-    started = state(OLLAMA)["StartedAt"]
-    restarts = f'gemma_airgap_healer_restarts_total{{service="ollama",instance="{TARGET}"}}'
-    before = value(restarts) or 0.0
+def freeze(container: str) -> None:
+    """Every process of the container stopped: it runs, answers nothing, fails its
+    healthcheck, and Docker alone would never restart it."""
+    pids = on_target("docker", "top", container, "-eo", "pid").split()[1:]
+    assert pids, f"{container} has no processes"
+    assert all(pid.isdigit() for pid in pids), pids
+    on_target("sh", "-c", "kill -STOP " + " ".join(pids))
+
+
+def restarts(service: str) -> str:
+    return f'gemma_airgap_healer_restarts_total{{service="{service}",instance="{TARGET}"}}'
+
+
+def test_a_frozen_stack_is_restarted_by_the_healer_and_serves_again(client):
+    """Ollama, the vision service and the gateway frozen at once: each is restarted, the
+    model loaded again, images answered again, each restart counted."""
+    frozen_ones = {"ollama": OLLAMA, "vision": VISION, "gateway": GATEWAY}
+    started = {name: state(name)["StartedAt"] for name in frozen_ones.values()}
+    before = {service: value(restarts(service)) or 0.0 for service in frozen_ones}
     frozen = time.monotonic()
-    on_target("docker", "kill", "--signal=STOP", OLLAMA)
-    wait_for("the healer restarting the frozen Ollama",
-             lambda: state(OLLAMA)["StartedAt"] != started, timeout=300, every=5)
-    took = time.monotonic() - frozen
-    wait_healthy(OLLAMA)
+    for name in frozen_ones.values():
+        freeze(name)
+    took = {}
+    for name in frozen_ones.values():
+        wait_for(f"the healer restarting the frozen {name}",
+                 lambda name=name: state(name)["StartedAt"] != started[name],
+                 timeout=300, every=5)
+        took[name] = time.monotonic() - frozen
+        wait_healthy(name)
     loaded = wait_for("the default model loaded again",
                       lambda: [m.model for m in client.ps().models if m.model == MODEL],
                       timeout=120)
     assert loaded
-    wait_for("the restart counted", lambda: (value(restarts) or 0.0) == before + 1, timeout=60)
-    print(f"frozen Ollama restarted and its model loaded again {took:.0f} s after the freeze")
+    assert ask_with_image(client).done  # the vision service answers images again
+    for service in frozen_ones:
+        wait_for(f"the {service} restart counted",
+                 lambda service=service: (value(restarts(service)) or 0.0) == before[service] + 1,
+                 timeout=60)
+    wait_for("the gateway seeing the vision service again",
+             lambda: value(f'gateway_backend_up{{backend="vision",instance="{TARGET}"}}') == 1,
+             timeout=60)
+    print("frozen, restarted by the healer after: "
+          + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in took.items()))
