@@ -82,18 +82,55 @@ def test_prometheus_scrapes_every_target_and_evaluates_every_rule():
     assert len(rules) > 20 and {r["health"] for r in rules} == {"ok"}, rules
 
 
+def own_counts() -> dict[str, float]:
+    """The gateway's own counts of generate requests, first tokens and tokens for MODEL, read
+    from its /metrics: what Prometheus must come to agree with."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .test_gateway_deployed import call
+
+    status, text = call("http://127.0.0.1:8080/metrics", "gk_lab-metrics-key-not-a-secret")
+    assert status == 200, text
+    wanted = {"gateway_request_duration_seconds_count": {"endpoint": "/api/generate"},
+              "gateway_time_to_first_token_seconds_count": {"endpoint": "/api/generate"},
+              "gateway_completion_tokens_total": {}}
+    counts = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = wanted.get(sample.name)
+            if labels is not None and sample.labels.get("model") == MODEL and all(
+                    sample.labels.get(key) == want for key, want in labels.items()):
+                counts[sample.name] += sample.value
+    return counts
+
+
 def test_probe_traffic_arrives_with_the_counts_sent_and_every_panel_shows_data(client):
     selector = f'endpoint="/api/generate",model="{MODEL}",instance="{TARGET}"'
-    requests = f"sum(gateway_request_duration_seconds_count{{{selector}}})"
-    first_token = f"sum(gateway_time_to_first_token_seconds_count{{{selector}}})"
-    tokens = f'sum(gateway_completion_tokens_total{{model="{MODEL}",instance="{TARGET}"}})'
-    before = {expr: value(expr) or 0.0 for expr in (requests, first_token, tokens)}
+    exprs = {"gateway_request_duration_seconds_count":
+             f"sum(gateway_request_duration_seconds_count{{{selector}}})",
+             "gateway_time_to_first_token_seconds_count":
+             f"sum(gateway_time_to_first_token_seconds_count{{{selector}}})",
+             "gateway_completion_tokens_total":
+             f'sum(gateway_completion_tokens_total{{model="{MODEL}",instance="{TARGET}"}})'}
+
+    def in_prometheus() -> dict[str, float]:
+        return {name: value(expr) or 0.0 for name, expr in exprs.items()}
+
+    # From the gateway itself, and Prometheus caught up with it: a gateway restarted by an
+    # earlier suite starts its counters again, and Prometheus may still hold the old ones.
+    before = own_counts()
+    wait_for("Prometheus agreeing with the gateway's own counts",
+             lambda: in_prometheus() == before, timeout=60)
     sent = [client.generate(model=MODEL, prompt="Count to three:", raw=True,
                             options={"num_predict": 6}).eval_count for _ in range(5)]
-    wait_for("the five requests in Prometheus",
-             lambda: value(requests) == before[requests] + 5, timeout=60)
-    assert value(first_token) == before[first_token] + 5
-    assert value(tokens) == before[tokens] + sum(sent)
+    expected = {"gateway_request_duration_seconds_count":
+                before["gateway_request_duration_seconds_count"] + 5,
+                "gateway_time_to_first_token_seconds_count":
+                before["gateway_time_to_first_token_seconds_count"] + 5,
+                "gateway_completion_tokens_total":
+                before["gateway_completion_tokens_total"] + sum(sent)}
+    wait_for("the five requests and their tokens in Prometheus",
+             lambda: in_prometheus() == expected, timeout=60)
     # The recording rules need two samples of the new counts in their 5 m windows.
     wait_for("the latency quantiles recorded",
              lambda: query(f'instance_endpoint_model:gateway_request_duration_seconds:p95_5m'

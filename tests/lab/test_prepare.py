@@ -275,3 +275,89 @@ def test_a_vision_file_that_does_not_match_its_pin_never_enters_the_bundle(built
     assert two.returncode != 0
     assert "the stack runs one vision service" in two.stdout
     assert not (root / "two-vision").exists()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A real registry on loopback (Debian's docker-registry, Distribution 2.8) holding the
+    stand-in's image; Docker talks plain HTTP to 127.0.0.0/8 registries. Yields the pinned
+    reference name:tag@digest that prepare is given."""
+    import shutil
+    import time
+
+    from tests.standin.conftest import free_port
+
+    if not shutil.which("docker-registry"):
+        labctl.apt_install(["docker-registry"])
+    store = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = store / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {store}/data\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n")
+    server = subprocess.Popen(["docker-registry", "serve", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = f"127.0.0.1:{port}/lab/standin:v1"
+    try:
+        subprocess.run(["docker", "tag", "gemma-airgap-lab/ollama-standin:latest", name],
+                       check=True, capture_output=True)
+        deadline = time.monotonic() + 30
+        while True:
+            pushed = subprocess.run(["docker", "push", name], text=True, capture_output=True,
+                                    check=False)
+            if pushed.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)  # the registry is still starting
+        assert pushed.returncode == 0, pushed.stderr
+        digest = re.search(r"digest: (sha256:[0-9a-f]{64})", pushed.stdout)[1]
+        # Only the pinned pull may put the name back: prepare must tag it itself.
+        subprocess.run(["docker", "rmi", name], check=True, capture_output=True)
+        yield f"{name}@{digest}"
+    finally:
+        subprocess.run(["docker", "rmi", name], check=False, capture_output=True)
+        server.terminate()
+        server.wait(10)
+
+
+def pinned_images(reference: str) -> str:
+    return json.dumps({"bundle_images": [
+        {"name": "ollama", "image": reference, "source": "pull"},
+        {"name": "gateway", "image": "gemma-airgap-lab/ollama-standin:latest", "source": "local"}],
+        "bundle_vision": []})
+
+
+def test_an_image_pinned_by_digest_is_pulled_by_it_and_named_by_its_tag(built, registry):
+    """name:tag@sha256: pulled from a real registry by its digest, saved under name:tag
+    (docker load keeps tags, not registry digests), the digest recorded in bundle.json."""
+    import tarfile
+
+    root, _first = built
+    result = prepare(root, "-e", pinned_images(registry), version="pinned")
+    assert result.returncode == 0, result.stdout[-4000:]
+    name, digest = registry.split("@")
+    bundle = json.loads((root / "pinned" / "bundle.json").read_text())
+    ollama = next(image for image in bundle["images"] if image["name"] == "ollama")
+    assert ollama["image"] == name and ollama["pinned"] == digest
+    assert any(found.endswith("@" + digest) for found in ollama["repo_digests"])
+    with tarfile.open(root / "pinned" / ollama["file"]) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert manifest[0]["RepoTags"] == [name]
+    identity = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", name], text=True,
+                              capture_output=True, check=True).stdout.strip()
+    assert ollama["id"] == identity
+    again = prepare(root, "-e", pinned_images(registry), version="pinned")
+    assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout[-3000:]
+
+
+def test_a_pin_the_registry_does_not_have_or_without_a_tag_is_refused(built, registry):
+    root, _first = built
+    name, _digest = registry.split("@")
+    wrong = prepare(root, "-e", pinned_images(f"{name}@sha256:{'0' * 64}"), version="wrong-pin")
+    assert wrong.returncode != 0
+    assert f"Image {name.rsplit(':', 1)[0]}@sha256:{'0' * 64} (ollama) could not be pulled" \
+        in wrong.stdout
+    assert not (root / "wrong-pin" / "SHA256SUMS").exists()
+    untagged = f"{name.rsplit(':', 1)[0]}@{registry.split('@')[1]}"
+    refused = prepare(root, "-e", pinned_images(untagged), version="untagged-pin")
+    assert refused.returncode != 0
+    assert f"bundle_images entry ollama: {untagged} cannot be pinned as written" in refused.stdout
+    assert not (root / "untagged-pin").exists()
