@@ -182,6 +182,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_gateway.py
 	test -f $(LAB_BUNDLE)/bundle.json || $(MAKE) prepare
 	$(BIN)/python benchmarks/bench_sync.py --bundle $(LAB_BUNDLE)
+	$(BIN)/python benchmarks/bench_backup.py
 
 clean: lab-down
 	rm -rf $(VENV)

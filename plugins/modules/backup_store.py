@@ -71,10 +71,12 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: partial
-    details: O(action=verify) and O(action=latest) run in check mode; the others change nothing there.
+    details: O(action=verify) and O(action=latest) run in check mode; the others change
+      nothing there.
   idempotent:
     support: partial
-    details: O(action=verify), O(action=latest), O(action=adopt) and O(action=prune) are; a set is begun and sealed once.
+    details: O(action=verify), O(action=latest), O(action=adopt) and O(action=prune) are;
+      a set is begun and sealed once.
 requirements:
   - Python standard library only.
 """
