@@ -119,6 +119,7 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_f
     ChecksumMismatch,
     UnsafeFile,
     copy_verified,
+    read_regular,
     sha256_file,
     write_atomic,
 )
@@ -180,11 +181,12 @@ class Restorer:
     def write(self, tar, member, target, mode=None):
         """Write a member where it belongs when its content differs; True when it did."""
         data = tar.extractfile(member).read()
+        # What is there now is read as the project reads hostile files: never through a
+        # symlink, never more than the member's size (a link to /dev/zero must not hang it).
         try:
-            with open(target, "rb") as current:
-                if current.read() == data:
-                    return False
-        except OSError:
+            if read_regular(target, len(data)) == data:
+                return False
+        except (OSError, UnsafeFile):
             pass
         if not self.module.check_mode:
             write_atomic(target, data, mode if mode is not None else member.mode & 0o777)

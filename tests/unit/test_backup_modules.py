@@ -146,3 +146,16 @@ def test_a_blob_damaged_on_its_way_is_not_installed(target, tmp_path):
                    target["blobs"], staged=str(staged))
     assert result.get("failed") and "was damaged on its way" in result["msg"], result
     assert not any((tmp_path / "new").rglob("sha256-*"))
+
+
+def test_a_symlink_where_a_stack_file_belongs_is_replaced_never_read_through(target, tmp_path):
+    """A link planted at a stack file's place (to /dev/zero: reading through it never ends)
+    is compared without following it, and replaced by the file from the backup."""
+    collect(target)
+    stack = tmp_path / "new-stack"
+    stack.mkdir()
+    (stack / "compose.yml").symlink_to("/dev/zero")
+    done = apply(tmp_path / "work" / "set.tar", tmp_path / "new", stack, [])
+    assert done["changed"] and "stack/compose.yml" in done["installed"], done
+    assert not (stack / "compose.yml").is_symlink()
+    assert (stack / "compose.yml").read_text() == "services: {}\n"
