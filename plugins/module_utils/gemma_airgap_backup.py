@@ -9,12 +9,18 @@
         <host>/blobs/sha256-<hex>         hard links into the pool
     <root>/sets/.partial-<name>/          a set being written: never taken for a whole one
     <root>/incoming/                      blobs on their way into the pool
+    <root>/.lock                          the run writing to the store now (its process)
 
 A blob enters the pool only after its content hashed to its name, so a set lists its blobs'
 digests without reading them again; a restore reads everything. A set becomes visible by
 one rename once its SHA256SUMS is written, so a cut backup leaves only a .partial- directory,
 which the next backup's prune removes. Retention removes sets, and then every pool blob no
 remaining set links to (its link count is 1).
+
+One run writes at a time: a prune removes other runs' partial sets and pool blobs not yet
+linked into a set, so a second run beside the first would destroy its work. A run takes the
+store at begin and gives it back at prune; it is named by its ansible-playbook process
+(pid and start time), so a run that died leaves a lock the next run sees is stale and takes.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -53,10 +59,55 @@ SET_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 BLOB_PATTERN = re.compile(r"sha256-[0-9a-f]{64}")
 HOST_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 PARTIAL = ".partial-"
+LOCK = ".lock"
+RUNNERS = ("ansible-playbook", "ansible")
 
 
 class BackupError(Exception):
     """What is wrong with a store, a set or a request, in words for the operator."""
+
+
+def _proc_stat(pid):
+    """(parent pid, start time in clock ticks) of a process, or None when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stat:
+            data = stat.read()
+    except (OSError, ValueError):
+        return None
+    # The command (field 2) may hold spaces and parentheses: count from its last ")".
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[1]), int(fields[19])
+
+
+def _runs_ansible(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
+            argv = cmdline.read(1 << 16).split(b"\0")
+    except OSError:
+        return False
+    return any(os.path.basename(arg.decode("utf-8", "replace")) in RUNNERS for arg in argv)
+
+
+def run_owner():
+    """The process a backup run is, as {"pid", "start"}: the outermost ansible-playbook above
+    this module (its workers are forks with the same command line), else the module's parent."""
+    pid, owner = os.getppid(), os.getppid()
+    for _depth in range(64):
+        if pid <= 1:
+            break
+        if _runs_ansible(pid):
+            owner = pid
+        found = _proc_stat(pid)
+        if found is None:
+            break
+        pid = found[0]
+    found = _proc_stat(owner)
+    return {"pid": owner, "start": found[1] if found else 0}
+
+
+def owner_alive(owner):
+    found = _proc_stat(owner.get("pid", 0)) if isinstance(owner.get("pid"), int) else None
+    return found is not None and found[1] == owner.get("start")
 
 
 def set_name(moment):
@@ -192,9 +243,64 @@ class Store:
             raise BackupError("%r is not a set name (YYYYmmddTHHMMSSZ)" % (name,))
         return os.path.join(self.sets_dir, name)
 
-    def begin(self, name):
-        """The directory a new set is written in; refused when that set exists."""
+    @property
+    def lock_path(self):
+        return os.path.join(self.root, LOCK)
+
+    def acquire(self, owner, name):
+        """Take the store for one run (owner: run_owner()); refused while another live run has
+        it. A lock whose run is gone is taken over."""
         self.ensure()
+        record = dict(owner, set=name, since=datetime.datetime.now(
+            datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        for _attempt in range(3):
+            if self._create_lock(record):
+                return
+            held = self.holder()
+            if held.get("pid") == owner["pid"] and held.get("start") == owner["start"]:
+                return
+            if owner_alive(held):
+                raise BackupError(
+                    "another backup run (process %s, set %s, since %s) is writing to %s; "
+                    "this run changed nothing. Let it finish (the timer's runs: "
+                    "systemctl status gemma-airgap-backup), then run again"
+                    % (held.get("pid"), held.get("set"), held.get("since"), self.root))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lock_path)  # its run is gone
+        raise BackupError("could not take %s: other runs keep taking it" % self.lock_path)
+
+    def _create_lock(self, record):
+        """Put the lock in place, whole (a link of a written file: another run never reads a
+        half-written one), when there is none; False when one is there."""
+        partial = "%s.%d" % (self.lock_path, os.getpid())
+        write_atomic(partial, json.dumps(record).encode(), 0o600)
+        try:
+            os.link(partial, self.lock_path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(partial)
+        return True
+
+    def holder(self):
+        """What the lock says of the run that holds it ({} when none, or unreadable)."""
+        try:
+            held = json.loads(read_regular(self.lock_path, 4096))
+        except (OSError, UnsafeFile, ValueError):
+            return {}
+        return held if isinstance(held, dict) else {}
+
+    def release(self, owner):
+        held = self.holder()
+        if held.get("pid") == owner["pid"] and held.get("start") == owner["start"]:
+            os.unlink(self.lock_path)
+
+    def begin(self, name, owner=None):
+        """The directory a new set is written in; refused when that set exists, or while
+        another run writes to the store."""
+        self.ensure()
+        if owner is not None:
+            self.acquire(owner, name)
         if os.path.exists(self.set_path(name)):
             raise BackupError("set %s exists already" % name)
         partial = self.partial_path(name)

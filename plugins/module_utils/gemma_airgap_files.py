@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 
@@ -126,15 +127,19 @@ def copy_verified(source_path, dest_path, expected_hex, tmp_dir=None, chunk=CHUN
     return copied
 
 
-def write_atomic(path, data, mode=0o644):
-    """Write bytes to path through a temporary file and a rename."""
+def write_atomic(path, data, mode=0o644, chunk=CHUNK):
+    """Write bytes, or what a binary reader yields (in chunks: a file of GBs never sits in
+    memory), to path through a temporary file and a rename."""
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         os.makedirs(directory)
     fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            if hasattr(data, "read"):
+                shutil.copyfileobj(data, out, chunk)
+            else:
+                out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(partial, mode)

@@ -16,7 +16,9 @@ description:
     place, or is larger than such a file may be.
   - With O(missing=true), changes nothing and returns which of O(blobs) the model store lacks
     or holds damaged; only those need to travel.
-  - Otherwise installs each missing blob from O(staged) after it hashed to its name, writes
+  - Otherwise installs each blob found in O(staged) (those the first call named) after it
+    hashed to its name, and requires the others to be in the store (they were hashed by the
+    first call; without O(staged) they are hashed again); writes
     the Ollama manifests and the stack's files that differ (each through a temporary file and
     a rename), replaces O(prometheus_data) with the snapshot when given (Prometheus must be
     stopped), and returns the release links and Alertmanager silences the tar holds.
@@ -166,6 +168,21 @@ class Restorer:
                 lacking.append(name)
         return lacking
 
+    def lacking(self):
+        """The blobs to install. The restore's first call (missing=true) hashed the store and
+        only what it named was sent: those are in staged. Hashing every blob of the store a
+        second time (GBs) would tell nothing new, so the others need only be there."""
+        if self.module.check_mode or not self.params["staged"]:
+            return self.missing()
+        lacking = []
+        for name in self.params["blobs"]:
+            if os.path.lexists(os.path.join(self.params["staged"], check_blob(name))):
+                lacking.append(name)
+            elif not os.path.isfile(os.path.join(self.params["models_dir"], "blobs", name)):
+                raise BackupError("blob %s is neither in the model store nor among those sent; "
+                                  "run the restore again" % name)
+        return lacking
+
     def install_blobs(self, lacking):
         for name in lacking:
             staged = os.path.join(self.params["staged"] or "", name)
@@ -209,7 +226,8 @@ class Restorer:
                 os.unlink(path)
         for name in snapshot:
             target = os.path.join(data_dir, name[len("prometheus/"):])
-            write_atomic(target, tar.extractfile(files[name]).read(), 0o640)
+            # Streamed: a chunk file of the TSDB is up to 512 MiB.
+            write_atomic(target, tar.extractfile(files[name]), 0o640)
         for directory, subdirectories, entries in os.walk(data_dir):
             for entry in subdirectories + entries:
                 os.chown(os.path.join(directory, entry), owner, owner)
@@ -221,11 +239,12 @@ class Restorer:
             if "release.json" not in files:
                 raise BackupError("the backup tar has no release.json")
             release = json.loads(tar.extractfile(files["release.json"]).read())
-            lacking = self.missing()
             has_snapshot = any(name.startswith("prometheus/") for name in files)
             if self.params["missing"]:
+                lacking = self.missing()
                 return dict(changed=False, missing=lacking, installed=[], stack_changed=False,
                             release=release, silences=[], prometheus=has_snapshot)
+            lacking = self.lacking()
             self.install_blobs(lacking)
             for name in sorted(files):
                 if name.startswith("models/manifests/"):

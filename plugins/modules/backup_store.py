@@ -23,6 +23,10 @@ description:
     file of a set and fails naming each one that is damaged, missing or not listed;
     O(action=prune) applies retention and removes cut sets and unreferenced blobs;
     O(action=latest) returns the newest sealed set.
+  - One run writes at a time. O(action=begin) takes the store for the run (the
+    C(ansible-playbook) process it runs under) and fails while another live run holds it;
+    O(action=prune), a run's last write, gives it back. The lock of a run that died is taken
+    over.
 version_added: "0.16.0"
 author: gemma-airgap developers (@gemma-airgap)
 options:
@@ -134,6 +138,7 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_b
     BackupError,
     Store,
     check_blob,
+    run_owner,
 )
 
 
@@ -146,7 +151,7 @@ class Action:
         self.store = Store(self.params["root"])
 
     def begin(self):
-        return dict(changed=True, path=self.store.begin(self.params["name"]))
+        return dict(changed=True, path=self.store.begin(self.params["name"], run_owner()))
 
     def adopt(self):
         self.store.ensure()
@@ -175,8 +180,11 @@ class Action:
                     manifest=self.store.manifest(self.params["name"]))
 
     def prune(self):
+        owner = run_owner()
+        self.store.acquire(owner, self.params["name"])
         removed, freed = self.store.prune(self.params["keep_daily"], self.params["keep_weekly"],
                                           current=self.params["name"])
+        self.store.release(owner)  # a run's last write
         return dict(changed=bool(removed or freed), removed=removed,
                     freed_bytes=sum(size for _name, size in freed))
 

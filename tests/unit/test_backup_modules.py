@@ -86,8 +86,45 @@ def test_a_round_trip_brings_back_models_and_stack_files_and_nothing_else(target
             assert (models / path.relative_to(target["models"])).read_bytes() == path.read_bytes()
     assert (stack / "tls" / "key.pem").read_text() == "secret key"
     assert (stack / "tls" / "key.pem").stat().st_mode & 0o777 == 0o400
+    # A second restore: the first call finds nothing missing, so nothing is sent.
+    for name in target["blobs"]:
+        (staged / name).unlink()
+    assert apply(archive, models, stack, target["blobs"], missing=True)["missing"] == []
     again = apply(archive, models, stack, target["blobs"], staged=str(staged))
     assert not again["changed"] and again["missing"] == []
+
+
+def test_a_blob_neither_in_the_store_nor_sent_stops_the_restore_naming_it(target, tmp_path):
+    """The apply call trusts the first call's hashing of the store (one read of GBs, not two),
+    but a blob that is neither there nor among those sent is never passed over."""
+    collect(target)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    result = apply(tmp_path / "work" / "set.tar", tmp_path / "new", tmp_path / "new-stack",
+                   target["blobs"], staged=str(staged))
+    assert result.get("failed"), result
+    assert (f"blob {target['blobs'][0]} is neither in the model store nor among those sent"
+            in result["msg"]), result
+    assert not (tmp_path / "new-stack").exists() and not (tmp_path / "new").exists()
+
+
+def test_prometheus_data_is_replaced_by_the_snapshot_streamed_file_by_file(target, tmp_path):
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "01BLOCK" / "chunks").mkdir(parents=True)
+    chunk = os.urandom(9 << 20)  # three copy chunks: written piece by piece
+    (snapshot / "01BLOCK" / "chunks" / "000001").write_bytes(chunk)
+    (snapshot / "01BLOCK" / "meta.json").write_text('{"ulid": "01BLOCK"}')
+    assert collect(target, snapshot=str(snapshot))["changed"]
+    data = tmp_path / "prometheus-data"
+    (data / "wal").mkdir(parents=True)
+    (data / "wal" / "00000000").write_bytes(b"after the loss")
+    done = apply(tmp_path / "work" / "set.tar", target["models"], target["stack"],
+                 target["blobs"], staged=str(tmp_path / "none"), prometheus_data=str(data),
+                 prometheus_owner=os.getuid())
+    assert done["prometheus"] and "prometheus/" in done["installed"], done
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()) == [
+        "01BLOCK/chunks/000001", "01BLOCK/meta.json"]
+    assert (data / "01BLOCK" / "chunks" / "000001").read_bytes() == chunk
 
 
 def test_a_manifest_naming_a_blob_the_store_lacks_stops_the_backup(target):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils import gemma_airgap_backup
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_backup import (
     BackupError,
     Store,
@@ -157,3 +160,74 @@ def test_names_from_hostile_requests_are_refused(tmp_path):
         store.seal("20261129T010000Z", {"../etc": {"blobs": []}}, {})
     with pytest.raises(BackupError, match="is not in the pool"):
         store.seal("20261129T010000Z", {"llm-01": {"blobs": [blob(b"never fetched")]}}, {})
+
+
+# --- one run at a time -----------------------------------------------------------------
+
+
+def live_owner() -> dict:
+    """This test process, as a run that is alive."""
+    return {"pid": os.getpid(), "start": gemma_airgap_backup._proc_stat(os.getpid())[1]}
+
+
+def dead_owner() -> dict:
+    """A process that has exited, as a run that died with the lock held."""
+    child = subprocess.Popen(["true"])
+    start = gemma_airgap_backup._proc_stat(child.pid)
+    child.wait()
+    return {"pid": child.pid, "start": start[1] if start else 1}
+
+
+def test_a_second_run_beside_a_live_one_is_refused_and_changes_nothing(tmp_path):
+    store = Store(str(tmp_path / "backups"))
+    store.begin("20261129T020000Z", live_owner())
+    other = {"pid": os.getppid(), "start": gemma_airgap_backup._proc_stat(os.getppid())[1]}
+    with pytest.raises(BackupError, match=rf"another backup run \(process {os.getpid()}, set "
+                       r"20261129T020000Z, since .*\) is writing to"):
+        store.begin("20261129T021500Z", other)
+    assert sorted(os.listdir(store.sets_dir)) == [".partial-20261129T020000Z"]
+    with pytest.raises(BackupError, match="another backup run"):
+        store.acquire(other, "20261129T021500Z")  # nor may it prune
+    store.begin("20261129T020000Z", live_owner())  # the run itself goes on
+    store.release(other)  # only its holder gives it back
+    assert os.path.exists(store.lock_path)
+    store.release(live_owner())
+    assert not os.path.exists(store.lock_path)
+    store.begin("20261129T021500Z", other)
+
+
+def test_the_lock_of_a_run_that_died_is_taken_over(tmp_path):
+    store = Store(str(tmp_path / "backups"))
+    gone = dead_owner()
+    store.begin("20261129T020000Z", gone)
+    assert store.holder()["pid"] == gone["pid"]
+    store.begin("20261129T030000Z", live_owner())
+    assert store.holder()["pid"] == os.getpid()
+    # A lock that is not ours to read (a symlink, garbage) names no live run: taken over too.
+    os.unlink(store.lock_path)
+    os.symlink("/dev/zero", store.lock_path)
+    store.begin("20261129T040000Z", live_owner())
+    assert not os.path.islink(store.lock_path) and store.holder()["set"] == "20261129T040000Z"
+
+
+def test_a_run_is_its_outermost_ansible_playbook(tmp_path):
+    """The owner is the process that lives as long as the run: the outermost process named
+    ansible-playbook above the module (its forked workers carry the same name)."""
+    script = tmp_path / "ansible-playbook"
+    script.write_text(f"#!{sys.executable}\n" + (
+        "import os, subprocess, sys\n"
+        "if sys.argv[1] == 'outer':\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    subprocess.run([sys.argv[0], 'worker', sys.argv[2]], check=True)\n"
+        "else:\n"
+        "    subprocess.run(['sh', '-c', sys.argv[2]], check=True)\n"))
+    script.chmod(0o755)
+    probe = tmp_path / "module.py"
+    probe.write_text(f"import json, sys\nsys.path[:0] = {sys.path!r}\n" + (
+        "from ansible_collections.gemma_airgap.ollama.plugins.module_utils import "
+        "gemma_airgap_backup as b\nprint(json.dumps(b.run_owner()))\n"))
+    # ansible-playbook -> ansible-playbook (a worker) -> sh -> python (the module)
+    out = subprocess.run([str(script), "outer", f"{sys.executable} {probe}"], text=True,
+                         capture_output=True, check=True).stdout.split("\n")
+    owner = json.loads(out[1])
+    assert owner["pid"] == int(out[0]) and owner["start"] > 0
