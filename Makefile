@@ -126,6 +126,7 @@ prepare: setup
 	$(BIN)/python lab/labctl.py vision
 	$(BIN)/python lab/labctl.py prometheus
 	$(BIN)/python lab/labctl.py model
+	$(BIN)/python lab/labctl.py signing-key
 	$(BIN)/ansible-playbook playbooks/prepare.yml
 
 # deploy.yml against the lab's internal-network targets, then verify.yml.
@@ -155,6 +156,7 @@ molecule: setup
 # Lab tests need the engine and base images.
 lab-tests: setup
 	$(BIN)/python lab/labctl.py images
+	$(BIN)/python lab/labctl.py signing-key
 	$(BIN)/pytest -m lab --durations=12 tests/lab
 
 # The end-to-end scenario: lab up -> prepare -> deploy -> again (0 changed) -> verify; the

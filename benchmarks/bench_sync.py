@@ -92,7 +92,8 @@ def main() -> None:
     try:
         sh(*labctl, "control", env=env)
         mount = f"/media/bundle/{bundle.name}"
-        sh("docker", "exec", CONTROL, "sh", f"{mount}/control-node/install.sh")
+        signer = sh(*labctl, "signing-key", env=env).strip()  # the lab's pinned key
+        sh("docker", "exec", CONTROL, "sh", f"{mount}/control-node/install.sh", "--signer", signer)
         ips = addresses()
         ours(TARGETS)  # warm-up: rsync installed on every target from the bundle
         rows = []

@@ -21,8 +21,8 @@ Everything the lab creates carries the label ``io.gemma-airgap.lab=<prefix>``
 (and ``io.gemma-airgap.lab.role``) so that ``down`` removes exactly what ``up``
 made for that prefix and nothing else.
 
-Usage: labctl.py {engine,images,front,front-check,standin,vision,model,up,control,
-inside-inventory DIR,down,status} (see ``--help``).
+Usage: labctl.py {engine,images,front,front-check,standin,vision,model,signing-key,up,
+control,inside-inventory DIR,down,status} (see ``--help``).
 """
 
 from __future__ import annotations
@@ -634,11 +634,19 @@ def inside_inventory(config: LabConfig, targets: list[tuple[str, str]]) -> dict[
         (group_vars / "targets.yml").read_text())
     if found != 1:
         raise LabError(f"{group_vars}/targets.yml must set release_source once (found {found})")
+    # The control node has no lab cache: the pinned signer is written out, as a site writes it.
+    all_vars, found = re.subn(
+        r"(?m)^gemma_airgap_bundle_signers: .*$",
+        f"gemma_airgap_bundle_signers: [{ensure_signing_key(config)}]",
+        (group_vars / "all.yml").read_text())
+    if found != 1:
+        raise LabError(f"{group_vars}/all.yml must set gemma_airgap_bundle_signers once "
+                       f"(found {found})")
     return {
         "hosts.yml": hosts,
         "group_vars/targets.yml": target_vars,
         # Its prepare-only settings are lazy: a deploy never reads them.
-        "group_vars/all.yml": (group_vars / "all.yml").read_text(),
+        "group_vars/all.yml": all_vars,
     }
 
 
@@ -758,6 +766,51 @@ def cmd_model(config: LabConfig) -> None:
     log(f"lab model assembled at {target}")
 
 
+# The lab's bundle signing key, as a site makes its own: an OpenPGP key on the staging side
+# (here in the cache, outside the git tree; a site keeps it in its vault). prepare signs with
+# it (inventories/lab reads secret.asc and fingerprint), the lab pins its fingerprint.
+SIGNING_UID = "gemma-airgap lab bundle signing <lab@gemma-airgap.invalid>"
+
+
+def signing_dir(config: LabConfig) -> Path:
+    return config.cache_dir / "signing"
+
+
+def ensure_signing_key(config: LabConfig) -> str:
+    """The lab signing key's fingerprint, the key made once (ed25519, no passphrase)."""
+    directory = signing_dir(config)
+    pinned = directory / "fingerprint"
+    if pinned.is_file() and (directory / "secret.asc").is_file():
+        return pinned.read_text().strip()
+    if not shutil.which("gpg"):
+        apt_install(["gnupg"])
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, GNUPGHOME=home)
+        gpg = ["gpg", "--batch", "--no-tty", "--pinentry-mode", "loopback"]
+        run([*gpg, "--passphrase", "", "--quick-gen-key", SIGNING_UID, "ed25519", "sign",
+             "never"], env=env)
+        listing = run([*gpg, "--with-colons", "--list-keys", SIGNING_UID], env=env).stdout
+        fingerprint = next(line.split(":")[9] for line in listing.splitlines()
+                           if line.startswith("fpr:"))
+        secret = run([*gpg, "--armor", "--export-secret-keys", fingerprint], env=env).stdout
+        run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
+    partial = directory / "secret.asc.new"
+    partial.write_text(secret)
+    partial.chmod(0o600)
+    os.replace(partial, directory / "secret.asc")
+    partial = directory / "fingerprint.new"
+    partial.write_text(fingerprint + "\n")
+    os.replace(partial, pinned)  # last: the key is whole once its fingerprint is there
+    log(f"lab signing key made: {fingerprint} ({directory})")
+    return fingerprint
+
+
+def cmd_signing_key(config: LabConfig) -> None:
+    """Make the lab's bundle signing key once; print its fingerprint."""
+    print(ensure_signing_key(config))
+
+
 # promtool (rules and config checks, rule unit tests) and amtool (Alertmanager's config)
 # from Debian's packages, unpacked into the cache: no service is installed or started here.
 PROMETHEUS_TOOL_PACKAGES = ("prometheus", "prometheus-alertmanager")
@@ -874,6 +927,7 @@ COMMANDS = {
     "model": cmd_model,
     "prometheus": cmd_prometheus,
     "prometheus-tools": cmd_prometheus_tools,
+    "signing-key": cmd_signing_key,
     "up": cmd_up,
     "control": cmd_control,
     "inside-inventory": cmd_inside_inventory,

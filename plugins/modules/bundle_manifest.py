@@ -39,9 +39,12 @@ options:
     type: path
     required: true
   state:
-    description: V(present) writes the manifest; V(verified) checks the files against it.
+    description:
+      - V(present) writes the manifest; V(verified) checks the files against it.
+      - V(signature_verified) checks only the signature of C(SHA256SUMS) (see
+        O(trusted_signers), which it needs), reading no other file.
     type: str
-    choices: [present, verified]
+    choices: [present, verified, signature_verified]
     default: present
   version:
     description:
@@ -63,6 +66,16 @@ options:
     description: Reuse hashes of files whose size, mtime and inode did not change.
     type: bool
     default: true
+  trusted_signers:
+    description:
+      - With O(state=verified), the fingerprints of the keys a bundle must be signed by
+        (C(SHA256SUMS.sig), made by M(gemma_airgap.ollama.bundle_signature)). The signature is
+        checked first, with gpgv or sqv, and an unsigned bundle, a bad signature or one by
+        another key is refused naming the fingerprint found and those expected.
+      - Empty, the signature is not checked.
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment:
   - gemma_airgap.ollama.gemma_airgap.attributes
 notes:
@@ -127,6 +140,10 @@ manifest:
   description: The content of bundle.json (with O(state=verified), as read and verified).
   returned: success
   type: dict
+signer:
+  description: The fingerprint of the trusted key that signed the bundle (O(trusted_signers)).
+  returned: when O(trusted_signers) is given and the signature is good
+  type: str
 bytes_by_dir:
   description:
     - Bytes of the covered files under each top-level directory of the bundle (files at
@@ -160,10 +177,17 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_f
     sha256_file,
     write_atomic,
 )
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_signature import (
+    KEYS,
+    SIGNATURE,
+    SignatureRefused,
+    check,
+)
 
 CACHE = ".hashcache.json"
-# Never part of the sealed content: the sums themselves, the cache, partial files.
-EXCLUDED = (SUMS, CACHE)
+# Never part of the sealed content: the sums themselves, their signature and the signer's
+# key (both made after the seal, checked by the signature itself), the cache, partial files.
+EXCLUDED = (SUMS, SIGNATURE, KEYS, CACHE)
 FORMAT = 1
 # The keys seal writes itself: metadata may not replace them (a version among them).
 OWN_KEYS = ("format", "version", "files", "total_bytes", "created_at")
@@ -333,10 +357,13 @@ def read_bytes(path):
         return None
 
 
-def read_listed(root, kinds):
-    """[(relative path, hex)] of SHA256SUMS, and the entries that cannot be checked."""
+def read_listed(root, kinds, signed=None):
+    """[(relative path, hex)] of SHA256SUMS (the bytes the signature check read, when
+    signed), and the entries that cannot be checked."""
     try:
-        text = read_regular(os.path.join(root, SUMS), SUMS_LIMIT).decode("utf-8")
+        data = signed if signed is not None else read_regular(os.path.join(root, SUMS),
+                                                              SUMS_LIMIT)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         return [], [{"path": SUMS, "reason": "missing"}]
     except UnsafeFile as error:
@@ -416,10 +443,15 @@ def unlisted(kinds, entries):
     return bad
 
 
-def verify(root, jobs):
+def verify(root, jobs, trusted=None):
+    """Every file against SHA256SUMS; with trusted fingerprints, the signature first (before
+    any other file is read: SignatureRefused)."""
+    signed, signer = check(root, trusted) if trusted else (None, None)
     kinds = scan(root)
-    entries, bad = read_listed(root, kinds)
+    entries, bad = read_listed(root, kinds, signed)
     result = {"files": len(entries), "total_bytes": 0, "hashed": 0, "hashed_bytes": 0}
+    if signer:
+        result["signer"] = signer
     if any(item["path"] == SUMS for item in bad):
         result["bad_files"] = bad
         return result
@@ -450,11 +482,13 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", required=True),
-            state=dict(type="str", choices=["present", "verified"], default="present"),
+            state=dict(type="str", choices=["present", "verified", "signature_verified"],
+                       default="present"),
             version=dict(type="str"),
             metadata=dict(type="dict", default={}),
             jobs=dict(type="int", default=0),
             use_cache=dict(type="bool", default=True),
+            trusted_signers=dict(type="list", elements="str", default=[]),
         ),
         required_if=[("state", "present", ["version"])],
         supports_check_mode=True,
@@ -463,8 +497,21 @@ def main():
     if not os.path.isdir(root):
         module.fail_json(msg="bundle directory %s does not exist" % root)
     try:
+        if module.params["state"] == "signature_verified":
+            try:
+                _sums, signer = check(root, module.params["trusted_signers"])
+            except SignatureRefused as error:
+                module.fail_json(msg="bundle %s is refused: %s. Only a bundle signed by a trusted "
+                                     "key is used; nothing was changed." % (root, error),
+                                 bad_signature=str(error))
+            module.exit_json(changed=False, signer=signer)
         if module.params["state"] == "verified":
-            result = verify(root, module.params["jobs"])
+            try:
+                result = verify(root, module.params["jobs"], module.params["trusted_signers"])
+            except SignatureRefused as error:
+                module.fail_json(msg="bundle %s is refused: %s. Only a bundle signed by a trusted "
+                                     "key is used; nothing was changed." % (root, error),
+                                 bad_signature=str(error))
             if result["bad_files"]:
                 lines = [describe(b) for b in result["bad_files"][:20]]
                 module.fail_json(

@@ -127,6 +127,38 @@ def test_a_damaged_file_on_the_target_is_resent_alone_and_verified(deployed):
     assert stack_state() == deployed
 
 
+def test_a_forged_bundle_with_a_consistent_sha256sums_is_refused_by_its_signature(deployed,
+                                                                                bundle_copy):
+    """What an attacker with write access to the media makes: a file changed and SHA256SUMS
+    sealed again to match. Every checksum agrees; the signature does not, and deploy stops
+    before it reads any other file."""
+    from tests.conftest import run_module
+
+    replace(bundle_copy / "images" / "ollama.tar", b"an image of the attacker's")
+    (bundle_copy / "SHA256SUMS").unlink()
+    resealed = run_module("bundle_manifest", {"path": str(bundle_copy),
+                                              "version": bundle_copy.name})
+    assert not resealed.get("failed"), resealed
+    result = deploy(bundle_copy)
+    assert result.returncode != 0
+    out = " ".join(result.stdout.split())
+    assert "Verify the bundle on the control node before sending anything" in out
+    assert "SHA256SUMS.sig does not verify with the key the bundle carries" in out, out[-3000:]
+    assert "checksum mismatch" not in out and "nothing was changed" in out
+    for later in ("docker_engine :", "ollama_stack :", "health :"):
+        assert later not in result.stdout, f"deploy went on past verification: {later}"
+    assert stack_state() == deployed
+
+
+def test_a_deploy_without_a_pinned_signing_key_is_refused(deployed):
+    result = run_deploy("-e", json.dumps({"release_source": str(BUNDLE),
+                                          "gemma_airgap_bundle_signers": []}))
+    assert result.returncode != 0
+    assert "No bundle signing key is pinned" in result.stdout, result.stdout[-3000:]
+    assert "gemma_airgap_bundle_signers" in result.stdout and "Nothing was changed" in result.stdout
+    assert stack_state() == deployed
+
+
 def test_a_bundle_missing_a_file_is_refused_naming_it(deployed, bundle_copy):
     shutil.rmtree(bundle_copy / "control-node")
     result = deploy(bundle_copy)

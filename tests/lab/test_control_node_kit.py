@@ -3,20 +3,23 @@ settings, then installed by its install.sh with no network, from read-only media
 the kit is for: the image the lab inventory's bundle_control_node_platform names (the lab's
 fresh Debian 13 control node: python3, no python3-venv, ssh or rsync).
 
-Builds the kit alone (not a whole prepare) into its own scratch bundle directory.
+Builds the kit alone (not a whole prepare) into its own scratch bundle directory, sealed and
+signed with the lab's key as prepare does it: install.sh installs nothing from a bundle whose
+signature is not by the key it is given, or from a kit file SHA256SUMS does not vouch for.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import run_module
 
 pytestmark = pytest.mark.lab
 
@@ -25,6 +28,7 @@ LAB_VARS = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.ym
 IMAGE = LAB_VARS["bundle_control_node_platform"]["image"]
 CORE = re.search(r"^ansible-core==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)[1]
 COLLECTIONS = ("gemma_airgap.ollama", "community.docker", "ansible.posix", "community.general")
+SIGNING = Path(os.environ.get("LAB_CACHE", "/var/cache/gemma-airgap")) / "signing"
 PLAYBOOK = """\
 - name: The control-node kit alone
   hosts: staging
@@ -61,19 +65,39 @@ def changed_tasks(result: subprocess.CompletedProcess) -> list[str]:
     return names
 
 
-def offline(kit: Path, script: str, *docker_args: str, timeout: int = 600
+def offline(bundle: Path, script: str, *docker_args: str, timeout: int = 600
             ) -> subprocess.CompletedProcess:
     """Run a shell script in a fresh container of the lab's Debian 13, with no network and
-    the kit read-only at /media/bundle/control-node."""
+    the bundle read-only at /media/bundle."""
     name = f"gemma-airgap-kittest-{os.getpid()}"
     command = ["docker", "run", "--rm", "--name", name, "--network", "none",
-               "-v", f"{kit}:/media/bundle/control-node:ro", *docker_args, IMAGE,
+               "-v", f"{bundle}:/media/bundle:ro", *docker_args, IMAGE,
                "sh", "-c", script]
     try:
         return subprocess.run(command, text=True, capture_output=True, check=False,
                               timeout=timeout)
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+def lab_signer() -> str:
+    subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "signing-key"], check=True,
+                   capture_output=True)
+    return (SIGNING / "fingerprint").read_text().strip()
+
+
+def seal_and_sign(bundle: Path) -> None:
+    """What prepare does after the kit: SHA256SUMS over the bundle, signed by the lab key."""
+    sealed = run_module("bundle_manifest", {"path": str(bundle), "version": bundle.name})
+    assert not sealed.get("failed"), sealed
+    signed = run_module("bundle_signature", {
+        "path": str(bundle), "fingerprint": lab_signer(),
+        "secret_key": (SIGNING / "secret.asc").read_text()})
+    assert not signed.get("failed"), signed
+
+
+def install(signer: str, prefix: str = "/opt/gemma-airgap") -> str:
+    return f"sh /media/bundle/control-node/install.sh --signer {signer} {prefix}"
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +112,7 @@ def kit(tmp_path_factory):
     bundle = work / "lab-1"
     first = build_kit(playbook, bundle)
     assert first.returncode == 0, first.stdout[-4000:]
+    seal_and_sign(bundle)
     return playbook, bundle, first
 
 
@@ -121,15 +146,15 @@ def test_a_second_build_changes_nothing(kit):
 
 def test_install_sh_installs_ansible_and_the_collections_offline_and_again(kit):
     _playbook, bundle, _first = kit
-    script = """
-sh /media/bundle/control-node/install.sh /opt/gemma-airgap; echo "first-rc=$?"
+    script = f"""
+{install(lab_signer())}; echo "first-rc=$?"
 echo "--- version"; /opt/gemma-airgap/venv/bin/ansible --version; command -v ssh; command -v rsync
 echo "--- list"; /opt/gemma-airgap/venv/bin/ansible-galaxy collection list
 echo "--- playbook"; cd /root && /opt/gemma-airgap/venv/bin/ansible-playbook -i localhost, \
   gemma_airgap.ollama.deploy --syntax-check; echo "syntax-rc=$?"
-echo "--- again"; sh /media/bundle/control-node/install.sh /opt/gemma-airgap; echo "second-rc=$?"
+echo "--- again"; {install(lab_signer())}; echo "second-rc=$?"
 """
-    out = offline(bundle / "control-node", script)
+    out = offline(bundle, script)
     text = out.stdout + out.stderr
     assert "first-rc=0" in out.stdout, text[-4000:]
     first, rest = out.stdout.split("--- version", 1)
@@ -153,24 +178,76 @@ echo "--- again"; sh /media/bundle/control-node/install.sh /opt/gemma-airgap; ec
     assert "install.sh: OK:" in second
 
 
+def damaged_copy(bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the signed bundle to damage (hard links: files are replaced, never edited)."""
+    copy = tmp_path / bundle.name
+    subprocess.run(["cp", "-al", str(bundle), str(copy)], check=True)
+    return copy
+
+
 def test_a_kit_missing_a_wheel_fails_naming_it(kit, tmp_path):
     _playbook, bundle, _first = kit
-    damaged = tmp_path / "control-node"
-    shutil.copytree(bundle / "control-node", damaged, symlinks=True)
-    cffi = next((damaged / "wheels").glob("cffi-*.whl"))
+    damaged = damaged_copy(bundle, tmp_path)
+    cffi = next((damaged / "control-node" / "wheels").glob("cffi-*.whl"))
     cffi.unlink()
-    out = offline(damaged, "sh /media/bundle/control-node/install.sh /opt/gemma-airgap")
+    out = offline(damaged, install(lab_signer()))
     assert out.returncode != 0
-    pinned = re.search(r"^cffi==\S+$", (damaged / "requirements.txt").read_text(), re.M)[0]
-    assert f"missing from the kit: {pinned}" in out.stderr, out.stderr[-3000:]
+    assert f"control-node/wheels/{cffi.name}: No such file or directory" in out.stderr, \
+        out.stderr[-3000:]
+    assert "A file of the kit does not match SHA256SUMS" in out.stderr
     assert "sha256sum -c SHA256SUMS" in out.stderr  # and what to do
+
+
+def test_a_changed_kit_with_a_consistent_sha256sums_installs_nothing(kit, tmp_path):
+    """What an attacker with write access to the media makes: a wheel swapped and SHA256SUMS
+    sealed again to match it. The checksums agree; the signature does not."""
+    _playbook, bundle, _first = kit
+    damaged = damaged_copy(bundle, tmp_path)
+    wheel = next((damaged / "control-node" / "wheels").glob("cffi-*.whl"))
+    data = wheel.read_bytes()
+    wheel.unlink()
+    wheel.write_bytes(data + b"tampered")
+    (damaged / "SHA256SUMS").unlink()
+    assert not run_module("bundle_manifest", {"path": str(damaged),
+                                              "version": damaged.name}).get("failed")
+    out = offline(damaged, install(lab_signer()) + "; ls /opt/gemma-airgap 2>&1")
+    assert "The bundle's signature does not verify" in out.stderr, out.stderr[-3000:]
+    assert "No such file or directory" in out.stdout  # nothing installed
+
+
+def test_an_unsigned_bundle_or_another_signer_installs_nothing(kit, tmp_path):
+    _playbook, bundle, _first = kit
+    other = "0123456789ABCDEF0123456789ABCDEF01234567"
+    out = offline(bundle, install(other))
+    assert out.returncode != 0
+    assert (f"The bundle is signed by {lab_signer()}, which is not the key given; expected "
+            f"{other}") in " ".join(out.stderr.split()), out.stderr
+    out = offline(bundle, "sh /media/bundle/control-node/install.sh /opt/gemma-airgap")
+    assert out.returncode != 0 and "--signer <fingerprint>" in out.stderr, out.stderr
+    out = offline(bundle, install("1234ABCD"))
+    assert out.returncode != 0 and "a key ID is too short" in out.stderr, out.stderr
+    damaged = damaged_copy(bundle, tmp_path)
+    (damaged / "SHA256SUMS.sig").unlink()
+    out = offline(damaged, install(lab_signer()))
+    assert out.returncode != 0
+    assert "The bundle has no SHA256SUMS.sig: it is not signed" in out.stderr, out.stderr
+
+
+def test_a_file_slipped_into_the_kit_installs_nothing(kit, tmp_path):
+    _playbook, bundle, _first = kit
+    damaged = damaged_copy(bundle, tmp_path)
+    (damaged / "control-node" / "wheels" / "evil-1.0-py3-none-any.whl").write_bytes(b"x")
+    out = offline(damaged, install(lab_signer()))
+    assert out.returncode != 0
+    assert ("The kit holds files SHA256SUMS does not list: wheels/evil-1.0-py3-none-any.whl"
+            in out.stderr), out.stderr
 
 
 def test_without_root_it_says_the_os_packages_need_root(kit):
     _playbook, bundle, _first = kit
-    out = offline(bundle / "control-node",
-                  "sh /media/bundle/control-node/install.sh /tmp/gemma-airgap",
+    out = offline(bundle, install(lab_signer(), "/tmp/gemma-airgap"),
                   "--user", "65534:65534", timeout=120)
     assert out.returncode != 0
     assert "Installing them from the kit needs root" in out.stderr, out.stderr
-    assert "sudo sh /media/bundle/control-node/install.sh /tmp/gemma-airgap" in out.stderr
+    assert (f"sudo sh /media/bundle/control-node/install.sh --signer {lab_signer()} "
+            "/tmp/gemma-airgap") in out.stderr

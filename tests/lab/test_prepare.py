@@ -76,9 +76,12 @@ def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
     assert meta["images"][0]["id"].startswith("sha256:")
     assert meta["platforms"][0]["name"] == PLATFORM
     listed = {line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
+    # SHA256SUMS lists every file but itself, its signature and the signer's public key.
+    signature = {"SHA256SUMS", "SHA256SUMS.sig", "SHA256SUMS.keys"}
     on_disk = {str(p.relative_to(bundle)) for p in bundle.rglob("*")
-               if p.is_file() and p.name not in ("SHA256SUMS", ".hashcache.json")}
+               if p.is_file() and p.name not in (*signature, ".hashcache.json")}
     assert listed == on_disk
+    assert all((bundle / name).is_file() for name in signature)
     assert any(p.startswith("control-node/wheels/ansible_core-") for p in listed)
 
 

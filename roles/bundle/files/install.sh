@@ -2,8 +2,13 @@
 # The control-node kit: installs Ansible and the bundle's collections on the control node
 # inside the closed network, from this directory alone. No network; read-only media is fine.
 #
-#   sudo sh /media/bundle/<version>/control-node/install.sh [PREFIX]   (default /opt/gemma-airgap)
+#   sudo sh /media/bundle/<version>/control-node/install.sh --signer <fingerprint> [PREFIX]
+#   (PREFIX: default /opt/gemma-airgap)
 #
+# 0. The bundle's signature: SHA256SUMS.sig must verify (gpgv or sqv, with the key the bundle
+#    carries) as made by the key whose fingerprint --signer gives (the one prepare printed and
+#    the inventory pins, given to you apart from the media); then every file of the kit must
+#    be listed in SHA256SUMS and match it. Nothing is installed otherwise.
 # 1. The kit's OS packages (packages/: python3-venv, rsync, openssh-client, as prepare.yml
 #    resolved them for this OS) when `python3 -m venv`, rsync or ssh is missing: apt-get with
 #    the kit as its only source. Only this step needs root.
@@ -16,6 +21,12 @@ set -eu
 # What it makes is used by the operator who deploys, whatever root's umask is.
 umask 022
 
+SIGNER=""
+case ${1:-} in
+  --signer) [ $# -ge 2 ] || { echo "install.sh: --signer needs a fingerprint" >&2; exit 2; }
+    SIGNER=$2; shift 2 ;;
+  --signer=*) SIGNER=${1#--signer=}; shift ;;
+esac
 PREFIX=${1:-/opt/gemma-airgap}
 case $PREFIX in /*) ;; *) PREFIX=$(pwd)/$PREFIX ;; esac
 VENV=$PREFIX/venv
@@ -48,6 +59,56 @@ trap 'exit 143' TERM
 KIT=$(cd "$(dirname "$0")" && pwd -P)
 BUNDLE=$(dirname "$KIT")
 CHECK_MEDIA="Check the media: cd $BUNDLE && sha256sum -c SHA256SUMS; then copy the bundle again."
+
+# --- 0. the bundle's signature, then the kit's own files against SHA256SUMS ---
+STEP="checking the bundle's signature"
+[ -n "$SIGNER" ] || die "Say which key the bundle must be signed by:" \
+  "sh $KIT/install.sh --signer <fingerprint> $PREFIX" \
+  "The fingerprint is the one prepare printed (\"Signed by ...\") and the inventory pins" \
+  "(gemma_airgap_bundle_signers), given to you apart from the media."
+WANT=$(printf '%s' "$SIGNER" | tr -d ' \t' | tr 'abcdefx' 'ABCDEFX')
+WANT=${WANT#0X}
+case $WANT in *[!0-9A-F]* | "") die "--signer $SIGNER is not an OpenPGP fingerprint." ;; esac
+[ ${#WANT} -eq 40 ] || [ ${#WANT} -eq 64 ] ||
+  die "--signer $SIGNER is not a whole fingerprint (40 or 64 hex digits; a key ID is too short)."
+for part in SHA256SUMS SHA256SUMS.sig SHA256SUMS.keys; do
+  { [ -f "$BUNDLE/$part" ] && [ ! -L "$BUNDLE/$part" ]; } ||
+    die "The bundle has no $part: it is not signed, and is not used." \
+      "Copy the signed bundle again from the staging side; nothing was installed."
+done
+FOUND=""
+SIGWORK=$(mktemp -d)
+if command -v gpgv >/dev/null 2>&1; then
+  if out=$(GNUPGHOME=$SIGWORK LC_ALL=C gpgv --status-fd 1 --keyring "$BUNDLE/SHA256SUMS.keys" \
+    "$BUNDLE/SHA256SUMS.sig" "$BUNDLE/SHA256SUMS" 2>/dev/null); then
+    FOUND=$(printf '%s\n' "$out" | sed -n 's/^\[GNUPG:\] VALIDSIG .* \([0-9A-F]*\)$/\1/p')
+  fi
+elif command -v sqv >/dev/null 2>&1; then
+  FOUND=$(LC_ALL=C sqv --keyring "$BUNDLE/SHA256SUMS.keys" --signature-file \
+    "$BUNDLE/SHA256SUMS.sig" "$BUNDLE/SHA256SUMS" 2>/dev/null) || FOUND=""
+else
+  rm -rf "$SIGWORK"
+  die "This host has no OpenPGP verifier (gpgv or sqv) to check the bundle's signature." \
+    "Install the package gpgv (apt systems have it or sqv), then run install.sh again."
+fi
+rm -rf "$SIGWORK"
+[ -n "$FOUND" ] || die "The bundle's signature does not verify: SHA256SUMS was changed after" \
+  "it was signed, or it was signed by a key the bundle does not carry. Expected a signature by" \
+  "$WANT. Copy the bundle again from the staging side; nothing was installed."
+printf '%s\n' "$FOUND" | grep -qx "$WANT" ||
+  die "The bundle is signed by $(printf '%s' "$FOUND" | tr '\n' ' ' | sed 's/ *$//'), which is not the key given;" \
+    "expected $WANT. Nothing was installed."
+say "bundle signed by $WANT"
+STEP="checking the kit's files"
+# Every file of the kit listed in SHA256SUMS (plain "<hex>  control-node/..." lines, as
+# prepare writes them) and matching it: nothing unlisted is ever installed.
+( cd "$BUNDLE" && grep '^[0-9a-f]\{64\}  control-node/' SHA256SUMS | sha256sum -c --strict --quiet ) ||
+  die "A file of the kit does not match SHA256SUMS (above)." "$CHECK_MEDIA"
+LISTED=$(cut -c67- "$BUNDLE/SHA256SUMS")
+UNLISTED=$(find "$KIT" -type f | while IFS= read -r file; do
+  printf '%s\n' "$LISTED" | grep -Fxq "control-node/${file#"$KIT"/}" || printf '%s ' "${file#"$KIT"/}"
+done)
+[ -z "$UNLISTED" ] || die "The kit holds files SHA256SUMS does not list: $UNLISTED" "$CHECK_MEDIA"
 
 # --- the kit itself ---
 [ -f "$KIT/kit.env" ] || die "$KIT/kit.env is missing: this is not a whole control-node kit." \
@@ -108,7 +169,7 @@ if [ -n "$missing" ]; then
   fi
   if [ "$(id -u)" -ne 0 ]; then
     die "This host lacks:$missing. Installing them from the kit needs root." \
-      "Run: sudo sh $KIT/install.sh $PREFIX" \
+      "Run: sudo sh $KIT/install.sh --signer $WANT $PREFIX" \
       "(or have an administrator install: $KIT_OS_PACKAGES; then run install.sh as you)."
   fi
   command -v apt-get >/dev/null 2>&1 ||
