@@ -637,7 +637,7 @@ def inside_inventory(config: LabConfig, targets: list[tuple[str, str]]) -> dict[
     # The control node has no lab cache: the pinned signer is written out, as a site writes it.
     all_vars, found = re.subn(
         r"(?m)^gemma_airgap_bundle_signers: .*$",
-        f"gemma_airgap_bundle_signers: [{ensure_signing_key(config)}]",
+        f'gemma_airgap_bundle_signers: ["{ensure_signing_key(config)}"]',
         (group_vars / "all.yml").read_text())
     if found != 1:
         raise LabError(f"{group_vars}/all.yml must set gemma_airgap_bundle_signers once "

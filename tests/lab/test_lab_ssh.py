@@ -88,8 +88,8 @@ def test_known_hosts_names_each_host_key_by_address_and_container_name():
         "172.20.0.2,lab-target-1 ecdsa-sha2-nistp256 AAAAE2Vj"]
 
 
-def test_inside_inventory_is_an_operators_ssh_inventory_with_the_bundle_on_media():
-    config = labctl.LabConfig(prefix="site", bundle=Path("/var/lib/x/lab-7"))
+def test_inside_inventory_is_an_operators_ssh_inventory_with_the_bundle_on_media(tmp_path):
+    config = labctl.LabConfig(prefix="site", bundle=Path("/var/lib/x/lab-7"), cache_dir=tmp_path)
     files = labctl.inside_inventory(config, [("site-target-1", "172.20.0.2"),
                                              ("site-target-2", "172.20.0.3")])
     hosts = yaml.safe_load(files["hosts.yml"])["all"]["children"]["targets"]
@@ -103,7 +103,15 @@ def test_inside_inventory_is_an_operators_ssh_inventory_with_the_bundle_on_media
     assert targets["release_source"] == "/media/bundle/lab-7"
     assert targets | {"release_source": None} == (
         yaml.safe_load((lab_vars / "targets.yml").read_text()) | {"release_source": None})
-    assert files["group_vars/all.yml"] == (lab_vars / "all.yml").read_text()
+    # The lab's settings, but the signing key pinned by its fingerprint: the control node has
+    # no lab cache to read it from (the key is made in this lab's cache on the way).
+    fingerprint = (tmp_path / "signing" / "fingerprint").read_text().strip()
+    inside = files["group_vars/all.yml"].splitlines()
+    outside = (lab_vars / "all.yml").read_text().splitlines()
+    assert [a for a, b in zip(inside, outside, strict=True) if a != b] == [
+        f'gemma_airgap_bundle_signers: ["{fingerprint}"]']
+    assert yaml.safe_load(files["group_vars/all.yml"])["gemma_airgap_bundle_signers"] == [
+        fingerprint]
 
 
 # --- the lab, against the real engine ------------------------------------------------------
