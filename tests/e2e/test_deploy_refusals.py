@@ -142,8 +142,9 @@ def test_a_forged_bundle_with_a_consistent_sha256sums_is_refused_by_its_signatur
     result = deploy(bundle_copy)
     assert result.returncode != 0
     out = " ".join(result.stdout.split())
-    assert "Verify the bundle on the control node before sending anything" in out
+    assert "Check the bundle's signature on the control node before anything reads it" in out
     assert "SHA256SUMS.sig does not verify with the key the bundle carries" in out, out[-3000:]
+    assert "host_preflight :" not in result.stdout  # nothing read the forged bundle.json
     assert "checksum mismatch" not in out and "nothing was changed" in out
     for later in ("docker_engine :", "ollama_stack :", "health :"):
         assert later not in result.stdout, f"deploy went on past verification: {later}"
