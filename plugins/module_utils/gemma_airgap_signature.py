@@ -88,12 +88,12 @@ def _gpgv(path, work, sums, signature, keys):
     done = _run([path, "--status-fd", "1", "--keyring", keys, signature, sums], env)
     status = done.stdout.decode("utf-8", "replace").splitlines()
     # gpgv exits 0 only when every signature in the file is good.
-    good = [line.split()[-1] for line in status
-            if line.split()[:2] == ["[GNUPG:]", "VALIDSIG"] and len(line.split()) > 2]
+    fields_of = [line.split() for line in status]
+    good = [fields[-1] for fields in fields_of
+            if fields[:2] == ["[GNUPG:]", "VALIDSIG"] and len(fields) > 2]
     if done.returncode == 0 and good:
         return good, good[0]
-    for line in status:
-        fields = line.split()
+    for fields in fields_of:
         if fields[:2] == ["[GNUPG:]", "ERRSIG"]:
             # ERRSIG <keyid> <algo> <hash> <class> <time> <rc> [<fingerprint>]
             return [], fields[8] if len(fields) > 8 else fields[2]
@@ -113,7 +113,7 @@ def _sqv(path, sums, signature, keys):
     return [], missing.group(1) if missing else None
 
 
-def _read(root, name, limit, what):
+def _read(root, name, limit):
     try:
         return read_regular(os.path.join(root, name), limit)
     except FileNotFoundError:
@@ -132,9 +132,9 @@ def check(root, trusted):
         raise SignatureRefused("no trusted signer is pinned: set bundle_trusted_signers to "
                                "the fingerprint of the site's bundle signing key")
     expected = " or ".join(pinned)
-    sums = _read(root, SUMS, SUMS_LIMIT, "the checksum list")
-    signature = _read(root, SIGNATURE, SIGNATURE_LIMIT, "the signature")
-    keys = _read(root, KEYS, KEYS_LIMIT, "the signer's key")
+    sums = _read(root, SUMS, SUMS_LIMIT)
+    signature = _read(root, SIGNATURE, SIGNATURE_LIMIT)
+    keys = _read(root, KEYS, KEYS_LIMIT)
     if sums is None:
         raise SignatureRefused("the bundle has no %s" % SUMS)
     if signature is None:
