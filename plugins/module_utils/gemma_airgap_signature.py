@@ -14,6 +14,10 @@ parser of ours: ``gpgv`` (GnuPG) or ``sqv`` (Sequoia; Debian 13's apt uses it). 
 the primary key's fingerprint of a good signature. The three files are read once, as
 regular files within limits, and the verifier sees those bytes; the caller parses the same
 SHA256SUMS bytes it was given back, so nothing can be swapped between the check and the use.
+
+The bundle's apt repositories are signed by the same key (``Release.gpg`` beside each
+``Release``, listed in SHA256SUMS); apt checks those itself, with ``signed-by=`` the bundle's
+key file and the pinned fingerprints.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -37,6 +41,10 @@ __metaclass__ = type
 
 SIGNATURE = SUMS + ".sig"
 KEYS = SUMS + ".keys"
+# An apt repository's index and its detached signature (apt reads Release.gpg beside Release
+# when there is no InRelease).
+RELEASE = "Release"
+RELEASE_SIGNATURE = "Release.gpg"
 SIGNATURE_LIMIT = 64 * 1024
 KEYS_LIMIT = 1024 * 1024
 # OpenPGP v4 (SHA-1, 40 hex) and v6 (SHA-256, 64 hex) fingerprints.
@@ -123,6 +131,27 @@ def _read(root, name, limit):
                                % (name, limit, error)) from None
 
 
+def verified_by(data, signature, keys):
+    """(verifier, [primary fingerprints of the good signatures], the key that signed when
+    known) of signature over data (bytes), with the keys (bytes) as the only keyring."""
+    kind, path = verifier()
+    work = tempfile.mkdtemp(prefix="gemma-airgap-verify-")
+    try:
+        os.chmod(work, 0o700)
+        files = {}
+        for name, content in (("data", data), ("signature", signature), ("keys", keys)):
+            files[name] = os.path.join(work, name)
+            with open(files[name], "wb") as out:
+                out.write(content)
+        if kind == "gpgv":
+            good, seen = _gpgv(path, work, files["data"], files["signature"], files["keys"])
+        else:
+            good, seen = _sqv(path, files["data"], files["signature"], files["keys"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return kind, good, seen
+
+
 def check(root, trusted):
     """The SHA256SUMS bytes of the bundle at root and the fingerprint of its signer, when
     a trusted key signed them; SignatureRefused, naming what was found and what was
@@ -143,21 +172,7 @@ def check(root, trusted):
     if keys is None:
         raise SignatureRefused("the bundle carries no %s, the signer's public key; expected "
                                "a signature by %s" % (KEYS, expected))
-    kind, path = verifier()
-    work = tempfile.mkdtemp(prefix="gemma-airgap-verify-")
-    try:
-        os.chmod(work, 0o700)
-        files = {}
-        for name, data in ((SUMS, sums), (SIGNATURE, signature), (KEYS, keys)):
-            files[name] = os.path.join(work, name)
-            with open(files[name], "wb") as out:
-                out.write(data)
-        if kind == "gpgv":
-            good, seen = _gpgv(path, work, files[SUMS], files[SIGNATURE], files[KEYS])
-        else:
-            good, seen = _sqv(path, files[SUMS], files[SIGNATURE], files[KEYS])
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    kind, good, seen = verified_by(sums, signature, keys)
     if not good:
         raise SignatureRefused(
             "%s does not verify with the key the bundle carries (%s: %s): SHA256SUMS was "
@@ -168,3 +183,17 @@ def check(root, trusted):
         raise SignatureRefused("the bundle is signed by %s, which is not a trusted signer; "
                                "expected %s" % (" and ".join(good), expected))
     return sums, trusted_good[0]
+
+
+def repository_signed_by(root, repository, key):
+    """Whether the apt repository at root/repository has a Release.gpg over its current
+    Release made by key, checked with the bundle's KEYS."""
+    try:
+        release = _read(root, repository + "/" + RELEASE, SUMS_LIMIT)
+        signature = _read(root, repository + "/" + RELEASE_SIGNATURE, SIGNATURE_LIMIT)
+        keys = _read(root, KEYS, KEYS_LIMIT)
+    except SignatureRefused:
+        return False
+    if release is None or signature is None or keys is None:
+        return False
+    return key in verified_by(release, signature, keys)[1]

@@ -18,8 +18,13 @@ description:
   - The secret key comes from O(secret_key) (an armored key, from the vault), imported into
     a temporary GnuPG home that is removed afterwards, or from the GnuPG home O(gnupg_home)
     (a key on a smartcard, or in an agent). It is never written into the bundle.
-  - A signature that already verifies with O(fingerprint) over the current C(SHA256SUMS) is
-    kept, so a second run over an unchanged bundle changes nothing.
+  - With O(sign=repositories), signs each apt repository's C(Release) of O(repositories) into
+    C(Release.gpg) (a detached, armored signature) instead, before the seal lists those
+    signatures; targets
+    and the control-node kit then use the repositories with C(signed-by=) the signer's key
+    and the pinned fingerprints, never C([trusted=yes]).
+  - A signature that already verifies with O(fingerprint) over the current C(SHA256SUMS) (or
+    C(Release)) is kept, so a second run over an unchanged bundle changes nothing.
 version_added: "0.17.0"
 author: gemma-airgap developers (@gemma-airgap)
 options:
@@ -40,6 +45,20 @@ options:
   gnupg_home:
     description: A GnuPG home that holds the secret key, used when O(secret_key) is not given.
     type: path
+  sign:
+    description:
+      - V(sums) signs C(SHA256SUMS), after the seal.
+      - V(repositories) signs the C(Release) of each of O(repositories), before the seal.
+    type: str
+    choices: [sums, repositories]
+    default: sums
+  repositories:
+    description:
+      - Directories of apt repositories in the bundle (relative to O(path)) whose C(Release)
+        to sign with O(sign=repositories).
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment:
   - gemma_airgap.ollama.gemma_airgap.attributes
 requirements:
@@ -47,12 +66,19 @@ requirements:
 """
 
 EXAMPLES = r"""
-- name: Sign the bundle
+- name: Sign the bundle's package repositories (before the seal)
   gemma_airgap.ollama.bundle_signature:
     path: /srv/bundles/2026.11.25-1
     fingerprint: "{{ bundle_signing_fingerprint }}"
     secret_key: "{{ vault_bundle_signing_key }}"
-  no_log: true
+    sign: repositories
+    repositories: [packages/debian-13-amd64, control-node/packages]
+
+- name: Sign the bundle (after the seal)
+  gemma_airgap.ollama.bundle_signature:
+    path: /srv/bundles/2026.11.25-1
+    fingerprint: "{{ bundle_signing_fingerprint }}"
+    secret_key: "{{ vault_bundle_signing_key }}"
 """
 
 RETURN = r"""
@@ -60,6 +86,12 @@ signer:
   description: The fingerprint of the key that signed the bundle.
   returned: success
   type: str
+signed:
+  description: The files this run signed (C(SHA256SUMS), or each repository's C(Release)).
+  returned: success
+  type: list
+  elements: str
+  sample: [packages/debian-13-amd64/Release]
 """
 
 import os
@@ -68,16 +100,22 @@ import subprocess
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_bundle import SUMS
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_bundle import (
+    SUMS,
+    relative_path,
+)
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files import (
     write_atomic,
 )
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_signature import (
     KEYS,
+    RELEASE,
+    RELEASE_SIGNATURE,
     SIGNATURE,
     SignatureRefused,
     check,
     fingerprint,
+    repository_signed_by,
 )
 
 GPG_TIMEOUT = 300
@@ -124,16 +162,72 @@ class Signer:
                 os.environ, GNUPGHOME=self.home), capture_output=True, check=False, timeout=30)
             shutil.rmtree(self.home, ignore_errors=True)
 
-    def sign(self, root):
-        sums = os.path.join(root, SUMS)
-        signature = self.gpg("--local-user", self.key, "--detach-sign", "--output", "-", sums,
-                             unlock=True)
+    def detach_sign(self, path):
+        return self.gpg("--local-user", self.key, "--armor", "--detach-sign", "--output", "-",
+                        path, unlock=True)
+
+    def write_keys(self, root):
         keys = self.gpg("--export", "--export-options", "export-minimal", self.key)
         if not keys:
             raise SignatureRefused("gpg has no public key %s to put beside the signature"
                                    % self.key)
         write_atomic(os.path.join(root, KEYS), keys)
+
+    def sign(self, root):
+        signature = self.detach_sign(os.path.join(root, SUMS))
+        self.write_keys(root)
         write_atomic(os.path.join(root, SIGNATURE), signature)
+
+    def sign_repository(self, root, repository):
+        """Release.gpg for the repository's Release (and the key beside SHA256SUMS, which
+        the targets' signed-by= names)."""
+        signature = self.detach_sign(os.path.join(root, repository, RELEASE))
+        self.write_keys(root)
+        write_atomic(os.path.join(root, repository, RELEASE_SIGNATURE), signature)
+
+
+def repositories(root, names):
+    """The repository directories, checked to lie inside the bundle and hold a Release."""
+    found = []
+    for name in names:
+        relative = relative_path(name)
+        if relative is None:
+            raise SignatureRefused("%r is not a directory inside the bundle" % name)
+        release = os.path.join(root, relative, RELEASE)
+        if os.path.islink(release) or not os.path.isfile(release):
+            raise SignatureRefused("%s has no %s (resolve its packages again: prepare.yml)"
+                                   % (relative, RELEASE))
+        found.append(relative)
+    return found
+
+
+def sign_repositories(module, root, key):
+    names = repositories(root, module.params["repositories"])
+    stale = [name for name in names if not repository_signed_by(root, name, key)]
+    if stale and not module.check_mode:
+        with Signer(module, key) as signer:
+            for name in stale:
+                signer.sign_repository(root, name)
+        unsigned = [name for name in stale if not repository_signed_by(root, name, key)]
+        if unsigned:
+            raise SignatureRefused("the signature of %s does not verify after signing"
+                                   % ", ".join(unsigned))
+    return [name + "/" + RELEASE for name in stale]
+
+
+def sign_sums(module, root, key):
+    if not os.path.isfile(os.path.join(root, SUMS)):
+        raise SignatureRefused("%s has no %s: seal the bundle first" % (root, SUMS))
+    try:
+        check(root, [key])
+        return []
+    except SignatureRefused:
+        pass  # not signed yet, or SHA256SUMS changed since: sign it
+    if not module.check_mode:
+        with Signer(module, key) as signer:
+            signer.sign(root)
+        check(root, [key])
+    return [SUMS]
 
 
 def main():
@@ -144,27 +238,21 @@ def main():
             secret_key=dict(type="str", no_log=True),
             passphrase=dict(type="str", no_log=True),
             gnupg_home=dict(type="path"),
+            sign=dict(type="str", choices=["sums", "repositories"], default="sums"),
+            repositories=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
     root = module.params["path"]
     try:
         key = fingerprint(module.params["fingerprint"])
-        if not os.path.isfile(os.path.join(root, SUMS)):
-            raise SignatureRefused("%s has no %s: seal the bundle first" % (root, SUMS))
-        try:
-            check(root, [key])
-            module.exit_json(changed=False, signer=key)
-        except SignatureRefused:
-            pass  # not signed yet, or SHA256SUMS changed since: sign it
-        if module.check_mode:
-            module.exit_json(changed=True, signer=key)
-        with Signer(module, key) as signer:
-            signer.sign(root)
-        _sums, signer_found = check(root, [key])
+        if module.params["sign"] == "repositories":
+            signed = sign_repositories(module, root, key)
+        else:
+            signed = sign_sums(module, root, key)
     except SignatureRefused as error:
         module.fail_json(msg="The bundle at %s was not signed: %s." % (root, error))
-    module.exit_json(changed=True, signer=signer_found)
+    module.exit_json(changed=bool(signed), signer=key, signed=signed)
 
 
 if __name__ == "__main__":

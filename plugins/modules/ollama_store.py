@@ -56,6 +56,14 @@ options:
   owner:
     description: Owner (numeric or name) of what is written; unchanged if unset.
     type: str
+  digests:
+    description:
+      - Manifest digests (C(sha256:<hex>) or the bare hex, as C(/api/tags) shows them) the
+        named models must have, by model name as in O(models).
+      - A model whose manifest hashes to anything else is refused, naming both digests,
+        before any file is written; models not named here are not checked.
+    type: dict
+    default: {}
   hash_cache:
     description:
       - The JSON file that keeps digests of verified blobs (written atomically).
@@ -304,12 +312,46 @@ def verify_source(src, entry, name, cache):
                          % (entry["digest"], name, src, actual))
 
 
-def plan(src, dest, names, cache):
+def pinned_digest(name, value):
+    """The bare lower-case hex of a pinned manifest digest; StoreError when it is none."""
+    text = str(value).strip().lower()
+    text = text[7:] if text.startswith("sha256:") else text
+    if len(text) != 64 or any(char not in "0123456789abcdef" for char in text):
+        raise StoreError("the digest pinned for %s, %r, is not a sha256 digest (64 hex digits, "
+                         "optionally after sha256:)" % (name, value))
+    return text
+
+
+def check_pin(name, raw, pins):
+    if name not in pins:
+        return
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != pins[name]:
+        raise StoreError(
+            "model %s has the manifest digest sha256:%s, but sha256:%s is pinned for it: the "
+            "registry now serves another build under this name (a new upload of the tag, or "
+            "not the model that was checked). Check the new one and pin its digest, or pin a "
+            "tag that still serves the checked build; nothing was written"
+            % (name, actual, pins[name]))
+
+
+def plan(src, dest, names, cache, pins=None):
     """What to copy: [(name, parts, manifest bytes, entries, missing entries, manifest stale)],
-    and the blobs in dest that are wrong. Reads only; every source blob is checked first."""
-    result, repaired, checked = [], [], {}
+    and the blobs in dest that are wrong. Reads only; every source blob is checked first, and
+    every pinned manifest digest before that."""
+    pins = dict((name, pinned_digest(name, value)) for name, value in (pins or {}).items())
+    unknown = sorted(set(pins) - set(names))
+    if unknown:
+        raise StoreError("digests are pinned for %s, which %s not among the models (%s)"
+                         % (", ".join(unknown), "is" if len(unknown) == 1 else "are",
+                            ", ".join(names)))
+    manifests = []
     for name in names:
         parts, raw, entries = read_manifest(src, name)
+        check_pin(name, raw, pins)
+        manifests.append((name, parts, raw, entries))
+    result, repaired, checked = [], [], {}
+    for name, parts, raw, entries in manifests:
         missing = []
         for entry in entries:
             digest = entry["digest"]
@@ -386,14 +428,14 @@ def describe(store, entries):
         return {"gguf_problem": "blob %s: %s" % (layer["digest"], error)}
 
 
-def run(src, dest, names, check_mode, uid=None, cache_path=None):
+def run(src, dest, names, check_mode, uid=None, cache_path=None, pins=None):
     if not os.path.isdir(os.path.join(src, "manifests")):
         raise StoreError("%s is not an Ollama store (no manifests/ directory)" % src)
     names = names or store_models(src)
     if not names:
         raise StoreError("the store at %s holds no models" % src)
     cache = HashCache(cache_path or default_cache(dest))
-    work, repaired = plan(src, dest, names, cache)
+    work, repaired = plan(src, dest, names, cache, pins)
     copied_blobs = copied_bytes = 0
     changed = bool(repaired)
     models = []
@@ -438,13 +480,14 @@ def main():
             models=dict(type="list", elements="str", default=[]),
             owner=dict(type="str"),
             hash_cache=dict(type="path"),
+            digests=dict(type="dict", default={}),
         ),
         supports_check_mode=True,
     )
     params = module.params
     try:
         result = run(params["src"], params["dest"], params["models"], module.check_mode,
-                     resolve_owner(params["owner"]), params["hash_cache"])
+                     resolve_owner(params["owner"]), params["hash_cache"], params["digests"])
     except StoreError as error:
         module.fail_json(msg=str(error))
     except (IOError, OSError, KeyError, ValueError) as error:

@@ -87,12 +87,16 @@ def lab_signer() -> str:
 
 
 def seal_and_sign(bundle: Path) -> None:
-    """What prepare does after the kit: SHA256SUMS over the bundle, signed by the lab key."""
+    """What prepare does after the kit: the kit's package repository signed (Release.gpg),
+    SHA256SUMS over the bundle, and SHA256SUMS signed, all by the lab key."""
+    key = {"path": str(bundle), "fingerprint": lab_signer(),
+           "secret_key": (SIGNING / "secret.asc").read_text()}
+    repository = run_module("bundle_signature", {**key, "sign": "repositories",
+                                                 "repositories": ["control-node/packages"]})
+    assert not repository.get("failed"), repository
     sealed = run_module("bundle_manifest", {"path": str(bundle), "version": bundle.name})
     assert not sealed.get("failed"), sealed
-    signed = run_module("bundle_signature", {
-        "path": str(bundle), "fingerprint": lab_signer(),
-        "secret_key": (SIGNING / "secret.asc").read_text()})
+    signed = run_module("bundle_signature", key)
     assert not signed.get("failed"), signed
 
 

@@ -98,18 +98,77 @@ def test_every_model_layer_is_present_with_its_digest(built):
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == entry["digest"][7:]
 
 
-def test_second_prepare_reports_zero_changed_and_hashes_nothing(built):
-    root, _first = built
-    second = prepare(root)
+def pinned_models(digests: dict) -> str:
+    """bundle_models as the lab inventory has them, each with a digest pinned (extra vars
+    are templated, so the inventory's own entries are reused)."""
+    text, gemma3n = digests["gemma3:270m"], digests["gemma3n:tiny"]
+    return json.dumps({"bundle_models": (
+        f"{{{{ [lab_model_text | combine({{'digest': '{text}'}}), "
+        f"lab_model_gemma3n | combine({{'digest': '{gemma3n}'}})] }}}}")})
+
+
+def test_second_prepare_pinning_the_printed_digests_reports_zero_changed(built):
+    """The operator's way: the first prepare prints each model's manifest digest; they are
+    pinned in bundle_models (as sha256:<hex>, or the bare hex /api/tags shows), and the next
+    prepare checks them, changes nothing and hashes nothing."""
+    root, first = built
+    meta = json.loads((root / VERSION / "bundle.json").read_text())
+    digests = {model["name"]: model["manifest_digest"] for model in meta["models"]}
+    printed = " ".join(first.stdout.split())  # the summary's lines are wrapped
+    for name, digest in digests.items():
+        assert f"{name} sha256:{digest} (not pinned)" in printed, first.stdout[-3000:]
+    pins = {"gemma3:270m": "sha256:" + digests["gemma3:270m"],
+            "gemma3n:tiny": digests["gemma3n:tiny"].upper()}
+    second = prepare(root, "-e", pinned_models(pins))
     assert second.returncode == 0, second.stdout[-3000:]
     assert recap(second)["changed"] == 0
     assert "hashed this run: 0.00 Bytes (0 files)" in second.stdout
+    printed = " ".join(second.stdout.split())
+    for name, digest in digests.items():
+        assert f"{name} sha256:{digest} (pinned)" in printed, second.stdout[-3000:]
+
+
+def test_a_model_that_is_not_the_pinned_build_stops_prepare_and_the_bundle_is_untouched(built):
+    """The tag now serves another build than the one checked: prepare refuses, naming both
+    digests, before any file of the model is written; the sealed bundle still verifies."""
+    root, _first = built
+    bundle = root / VERSION
+    sums_before = (bundle / "SHA256SUMS").read_bytes()
+    meta = json.loads((bundle / "bundle.json").read_text())
+    digests = {model["name"]: model["manifest_digest"] for model in meta["models"]}
+    wrong = "ab" * 32
+    result = prepare(root, "-e", pinned_models({**digests, "gemma3:270m": wrong}))
+    assert result.returncode != 0
+    assert (f"model gemma3:270m has the manifest digest sha256:{digests['gemma3:270m']}, but "
+            f"sha256:{wrong} is pinned for it") in " ".join(result.stdout.split()), \
+        result.stdout[-3000:]
+    assert (bundle / "SHA256SUMS").read_bytes() == sums_before
+    check = subprocess.run(["sha256sum", "-c", "--strict", "--quiet", "SHA256SUMS"], cwd=bundle,
+                           capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout
+    short = prepare(root, "-e", pinned_models({**digests, "gemma3:270m": wrong[:12]}),
+                    version="short-pin")
+    assert short.returncode != 0
+    assert "the 12-digit ID `ollama list` shows is too short" in " ".join(short.stdout.split())
+    assert not (root / "short-pin").exists()
+
+
+def signer_fingerprint() -> str:
+    cache = Path(os.environ.get("LAB_CACHE", "/var/cache/gemma-airgap"))
+    return (cache / "signing" / "fingerprint").read_text().strip()
 
 
 def test_packages_install_docker_offline_and_images_load_into_the_clean_engine(built, tmp_path):
-    """A pristine Debian 13 target with --network none: apt from the bundle alone."""
+    """A pristine Debian 13 target with --network none: apt from the bundle alone, trusting its
+    repository only as signed by the pinned key (no trusted=yes): the source line
+    docker_engine writes. A Release changed after prepare, or a fingerprint of another key, is
+    refused by apt itself before anything is installed."""
     root, _first = built
     bundle = root / VERSION
+    assert (bundle / "packages" / PLATFORM / "Release.gpg").is_file()
+    listed = (bundle / "SHA256SUMS").read_text()
+    assert f"  packages/{PLATFORM}/Release.gpg\n" in listed
+    assert "  control-node/packages/Release.gpg\n" in listed
     name = "gemma-airgap-labtest-offline"
     args = ["docker", "run", "-d", "--name", name, "--network", "none", "--cgroupns=host",
             "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
@@ -120,10 +179,30 @@ def test_packages_install_docker_offline_and_images_load_into_the_clean_engine(b
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
     subprocess.run([*args, labctl.TARGET_IMAGE.tag, "/sbin/init"], check=True,
                    capture_output=True)
+    signer = signer_fingerprint()
+    other = "0123456789ABCDEF0123456789ABCDEF01234567"
     script = f"""
 set -e
 rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
-echo 'deb [trusted=yes] file:/bundle/packages/{PLATFORM} ./' > /etc/apt/sources.list.d/bundle.list
+use_repo() {{
+  echo "deb [signed-by=/bundle/SHA256SUMS.keys,$2] file:$1 ./" > /etc/apt/sources.list.d/bundle.list
+  rm -rf /var/lib/apt/lists/*
+}}
+# Refused: another key pinned; a Release changed after prepare (the index below is ours).
+use_repo /bundle/packages/{PLATFORM} {other}
+if apt-get update -q >/root/apt.log 2>&1; then echo "ACCEPTED another signer"; exit 1; fi
+grep -q 'No good signature from required signer: {other}' /root/apt.log
+# The index alone (apt update reads no .deb); the target's root lacks CAP_DAC_OVERRIDE, and
+# its /tmp becomes a tmpfs while systemd boots.
+mkdir -m 755 /root/altered
+cp /bundle/packages/{PLATFORM}/Release* /bundle/packages/{PLATFORM}/Packages* /root/altered/
+chmod u+w /root/altered/Release
+sed -i 's/^Origin: gemma-airgap$/Origin: someone-else/' /root/altered/Release
+use_repo /root/altered {signer}
+if apt-get update -q >/root/apt.log 2>&1; then echo "ACCEPTED an altered Release"; exit 1; fi
+grep -q 'is not signed' /root/apt.log
+echo refusals-ok
+use_repo /bundle/packages/{PLATFORM} {signer}
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-cli docker-compose \
   python3-apt python3-requests >/dev/null
@@ -137,6 +216,7 @@ docker compose version --short
                              capture_output=True, check=False, timeout=600)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         lines = out.stdout.strip().splitlines()
+        assert "refusals-ok" in lines
         meta = json.loads((bundle / "bundle.json").read_text())
         assert lines[-2] == meta["images"][0]["id"]
         assert lines[-1].startswith("2.")  # compose v2

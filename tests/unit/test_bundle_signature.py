@@ -5,13 +5,18 @@ no signature) is refused before any other file is read, naming what was found an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_signature import (
+    verified_by,
+)
 
 from tests.conftest import run_module
 
@@ -188,3 +193,102 @@ def test_the_signature_alone_is_checked_without_reading_the_files(bundle, keys):
     assert refused.get("failed") and "which is not a trusted signer" in refused["msg"]
     nothing = run_module("bundle_manifest", {"path": str(bundle), "state": "signature_verified"})
     assert nothing.get("failed") and "no trusted signer is pinned" in nothing["msg"]
+
+
+REPO = "packages/debian-13-amd64"
+
+
+def flat_repository(directory: Path) -> None:
+    """A flat apt repository with one (empty) index and a Release naming its checksum."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Packages").write_bytes(b"")
+    digest = hashlib.sha256(b"").hexdigest()
+    (directory / "Release").write_text(
+        "Origin: gemma-airgap\nDate: Sun, 29 Nov 2026 07:11:22 +0000\n"
+        f"SHA256:\n {digest} 0 Packages\n")
+
+
+def sign_repositories(root: Path, key: dict, *names: str) -> dict:
+    return sign(root, key, sign="repositories", repositories=list(names) or [REPO])
+
+
+def test_package_repositories_are_signed_before_the_seal_and_kept_when_unchanged(bundle, keys):
+    flat_repository(bundle / REPO)
+    site = keys["site"]["fingerprint"]
+    signed = sign_repositories(bundle, keys["site"])
+    assert signed["changed"] and signed["signed"] == [f"{REPO}/Release"], signed
+    signature = (bundle / REPO / "Release.gpg").read_bytes()
+    assert signature.startswith(b"-----BEGIN PGP SIGNATURE-----")
+    _kind, good, _seen = verified_by((bundle / REPO / "Release").read_bytes(), signature,
+                                     (bundle / KEYS).read_bytes())
+    assert good == [site]
+    # SHA256SUMS is signed after the seal, by its own call.
+    assert not (bundle / SIGNATURE).exists()
+    again = sign_repositories(bundle, keys["site"])
+    assert not again["changed"] and again["signed"] == [], again
+    # A new resolution writes a new Release: signed again.
+    with (bundle / REPO / "Release").open("a") as release:
+        release.write("Label: resolved again\n")
+    renewed = sign_repositories(bundle, keys["site"])
+    assert renewed["changed"] and (bundle / REPO / "Release.gpg").read_bytes() != signature
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("../elsewhere", "is not a directory inside the bundle"),
+    ("/etc/apt", "is not a directory inside the bundle"),
+    ("packages/none", "packages/none has no Release"),
+])
+def test_a_repository_outside_the_bundle_or_without_release_is_refused(bundle, keys, name, says):
+    refused = sign_repositories(bundle, keys["site"], name)
+    assert refused.get("failed") and says in refused["msg"], refused
+    assert not list(bundle.rglob("Release.gpg"))
+
+
+def test_a_release_that_is_a_link_is_not_signed(bundle, keys, tmp_path):
+    flat_repository(tmp_path / "outside")
+    (bundle / REPO).mkdir(parents=True)
+    (bundle / REPO / "Release").symlink_to(tmp_path / "outside" / "Release")
+    refused = sign_repositories(bundle, keys["site"])
+    assert refused.get("failed") and f"{REPO} has no Release" in refused["msg"], refused
+
+
+def apt_update(repo: Path, signed_by: str, work: Path) -> subprocess.CompletedProcess:
+    """apt-get update with the repository as its only source and lists of its own."""
+    (work / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (work / "sources.list").write_text(f"deb [signed-by={signed_by}] file:{repo} ./\n")
+    return subprocess.run(
+        ["apt-get", "-q", "-o", f"Dir::Etc::SourceList={work}/sources.list",
+         "-o", "Dir::Etc::SourceParts=/dev/null", "-o", f"Dir::State::Lists={work}/lists",
+         "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", "update"],
+        capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"), check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("apt-get"),
+                    reason="apt-get update needs root and apt")
+def test_apt_trusts_the_repository_only_from_the_pinned_signer(keys):
+    """The source line the targets and the kit write, with this host's real apt: the key file
+    the bundle carries plus the pinned fingerprint; another signer or a changed Release is
+    refused. (apt's download sandbox user must read it all: a world-readable directory.)"""
+    with tempfile.TemporaryDirectory(prefix="gemma-airgap-apt-") as scratch:
+        Path(scratch).chmod(0o755)
+        check_apt_refusals(Path(scratch), keys)
+
+
+def check_apt_refusals(root: Path, keys: dict) -> None:
+    flat_repository(root / "bundle" / REPO)
+    for key in ("site", "attacker"):
+        sign_repositories(root / "bundle", keys[key])
+        shutil.copy(root / "bundle" / KEYS, root / f"{key}.keys")
+    sign_repositories(root / "bundle", keys["site"])
+    both = root / "both.gpg"
+    both.write_bytes((root / "site.keys").read_bytes() + (root / "attacker.keys").read_bytes())
+    repo = root / "bundle" / REPO
+    site, attacker = keys["site"]["fingerprint"], keys["attacker"]["fingerprint"]
+
+    trusted = apt_update(repo, f"{both},{site}", root / "w1")
+    assert trusted.returncode == 0 and "E:" not in trusted.stdout + trusted.stderr, trusted
+    other = apt_update(repo, f"{both},{attacker}", root / "w2")
+    assert other.returncode != 0 and "is not signed" in other.stderr, other
+    (repo / "Release").write_text((repo / "Release").read_text().replace("gemma-airgap", "evil"))
+    altered = apt_update(repo, f"{both},{site}", root / "w3")
+    assert altered.returncode != 0 and "is not signed" in altered.stderr, altered

@@ -230,3 +230,50 @@ def test_a_model_name_that_leaves_manifests_fails_the_module_cleanly(source, tmp
 def test_every_model_name_with_a_dot_dot_or_odd_part_is_refused(source, tmp_path, name):
     with pytest.raises(ollama_store.StoreError, match="invalid model name"):
         ollama_store.run(str(source), str(tmp_path / "d"), [name], False)
+
+
+def manifest_digest(store, *parts):
+    path = store / "manifests" / "registry.ollama.ai" / "/".join(parts)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_pinned_digest_that_matches_exports_the_model(source, tmp_path):
+    """Pins as people copy them from /api/tags (bare hex) or write them (sha256:, upper case)."""
+    e4b = manifest_digest(source, "library", "gemma3n", "e4b")
+    e2b = manifest_digest(source, "library", "gemma3n", "e2b")
+    result = run_module("ollama_store", {
+        "src": str(source), "dest": str(tmp_path / "dest"),
+        "models": ["gemma3n:e4b", "gemma3n:e2b"],
+        "digests": {"gemma3n:e4b": e4b, "gemma3n:e2b": "sha256:" + e2b.upper()}})
+    assert not result.get("failed"), result
+    assert {m["name"]: m["manifest_digest"] for m in result["models"]} == {
+        "gemma3n:e4b": e4b, "gemma3n:e2b": e2b}
+
+
+def test_a_model_whose_digest_differs_from_its_pin_is_refused_before_anything_is_written(
+        source, tmp_path):
+    """The registry serves another build under the tag: prepare stops, naming both digests,
+    and the bundle's store gets none of the models (the pin is checked before any copy)."""
+    e4b = manifest_digest(source, "library", "gemma3n", "e4b")
+    pinned = "ab" * 32
+    dest = tmp_path / "dest"
+    result = run_module("ollama_store", {
+        "src": str(source), "dest": str(dest), "models": ["gemma3n:e2b", "gemma3n:e4b"],
+        "digests": {"gemma3n:e4b": pinned}})
+    assert result.get("failed"), result
+    assert (f"model gemma3n:e4b has the manifest digest sha256:{e4b}, but sha256:{pinned} is "
+            "pinned for it") in result["msg"]
+    assert "nothing was written" in result["msg"]
+    assert not dest.exists() or not any(dest.rglob("*"))
+
+
+@pytest.mark.parametrize(("pins", "says"), [
+    ({"gemma3n:e4b": "15cb39fd9394"}, "is not a sha256 digest"),  # the short ID `ollama list` shows
+    ({"gemma3n:e4b": "sha256:" + "g" * 64}, "is not a sha256 digest"),
+    ({"gemma3n:e4b": "<the digest prepare printed>"}, "is not a sha256 digest"),
+    ({"gemma3n:e8b": "ab" * 32}, "gemma3n:e8b, which is not among the models"),
+])
+def test_a_pin_that_is_no_digest_or_names_no_model_is_refused(source, tmp_path, pins, says):
+    result = run_module("ollama_store", {"src": str(source), "dest": str(tmp_path / "dest"),
+                                         "models": ["gemma3n:e4b"], "digests": pins})
+    assert result.get("failed") and says in result["msg"], result

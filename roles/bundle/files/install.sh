@@ -11,7 +11,7 @@
 #    be listed in SHA256SUMS and match it. Nothing is installed otherwise.
 # 1. The kit's OS packages (packages/: python3-venv, rsync, openssh-client, as prepare.yml
 #    resolved them for this OS) when `python3 -m venv`, rsync or ssh is missing: apt-get with
-#    the kit as its only source. Only this step needs root.
+#    the kit as its only source, its Release signed by the same key. Only this step needs root.
 # 2. A virtual environment at PREFIX/venv with the pinned wheels (pip --no-index).
 # 3. Every collection tarball of collections/ (ansible-galaxy --offline) into the venv's
 #    site-packages, where Ansible finds them with no configuration.
@@ -180,13 +180,19 @@ if [ -n "$missing" ]; then
   chmod 755 "$WORK"  # apt's download sandbox (user _apt) reads the repository through it
   mkdir -p "$WORK/lists/partial" "$WORK/parts"
   ln -s "$KIT/packages" "$WORK/repo"  # a path without spaces for the source line
-  printf 'deb [trusted=yes] file:%s ./\n' "$WORK/repo" >"$WORK/sources.list"
+  # apt checks the kit's Release.gpg itself, accepting only the key given by --signer.
+  cp "$BUNDLE/SHA256SUMS.keys" "$WORK/keys.gpg"
+  chmod 644 "$WORK/keys.gpg"
+  printf 'deb [signed-by=%s,%s] file:%s ./\n' "$WORK/keys.gpg" "$WANT" "$WORK/repo" \
+    >"$WORK/sources.list"
   # The kit is apt's only source (the system's sources and lists are not read or changed).
   set -- -o "Dir::Etc::SourceList=$WORK/sources.list" -o "Dir::Etc::SourceParts=$WORK/parts" \
     -o "Dir::State::Lists=$WORK/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
-  if ! apt-get "$@" -q update >"$WORK/apt.log" 2>&1; then
+  if ! LC_ALL=C apt-get "$@" -q update >"$WORK/apt.log" 2>&1; then
     cat "$WORK/apt.log" >&2
-    die "apt-get could not read the kit's package index ($KIT/packages)." "$CHECK_MEDIA"
+    die "apt-get could not read the kit's package index ($KIT/packages), or refused it:" \
+      "its Release must be signed (packages/Release.gpg) by $WANT (apt's messages are above)." \
+      "$CHECK_MEDIA"
   fi
   # shellcheck disable=SC2086  # a list of package names
   if ! DEBIAN_FRONTEND=noninteractive apt-get "$@" -y -q --no-install-recommends --no-remove \

@@ -20,7 +20,8 @@ apt-get install -y -qq --download-only --no-install-recommends \
   -o Dir::Cache::archives=/out/debs "$@"
 apt-get install -y -qq --no-install-recommends apt-utils >/dev/null
 cd /out
-rm -rf debs/partial debs/lock packages.list
+# The old index's signature goes with it: prepare signs the new Release before the seal.
+rm -rf debs/partial debs/lock packages.list Release Release.gpg InRelease
 apt-ftparchive packages debs > Packages.new
 gzip -9n < Packages.new > Packages.gz.new
 mv Packages.new Packages
