@@ -85,13 +85,48 @@ def test_bundle_passes_sha256sum_and_records_what_it_holds(built):
     assert any(p.startswith("control-node/wheels/ansible_core-") for p in listed)
 
 
+def test_each_models_licence_is_in_licenses_and_the_acceptance_in_bundle_json(built):
+    """The models' licence layers (the lab's Gemma notice) as files under LICENSES/, listed in
+    SHA256SUMS; bundle.json records them and that the site accepted the Gemma Terms of Use;
+    prepare's summary names them."""
+    root, first = built
+    bundle = root / VERSION
+    notice = (ROOT / "lab" / "gemma-notice.txt").read_text().rstrip("\n")
+    files = sorted(p.name for p in (bundle / "LICENSES").iterdir())
+    assert files == ["gemma3_270m.txt", "gemma3n_tiny.txt"]
+    assert all((bundle / "LICENSES" / name).read_text() == notice for name in files)
+    listed = (bundle / "SHA256SUMS").read_text()
+    assert all(f"  LICENSES/{name}\n" in listed for name in files)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["gemma_terms_accepted"] is True
+    assert meta["licenses"] == [
+        {"model": "gemma3:270m", "file": "gemma3_270m.txt",
+         "titles": ["Gemma Terms of Use (notice)"], "gemma": True},
+        {"model": "gemma3n:tiny", "file": "gemma3n_tiny.txt",
+         "titles": ["Gemma Terms of Use (notice)"], "gemma": True}]
+    printed = " ".join(first.stdout.split())
+    assert (f"Licences: gemma3:270m: Gemma Terms of Use (notice) ({bundle}/LICENSES/"
+            "gemma3_270m.txt)") in printed, first.stdout[-3000:]
+
+
+def test_a_bundle_with_gemma_needs_the_terms_accepted_and_names_the_variable(built):
+    root, _first = built
+    result = prepare(root, "-e", "gemma_terms_accepted=false", version="no-terms")
+    assert result.returncode != 0
+    printed = " ".join(result.stdout.split())
+    assert ("bundle_models has Gemma models (gemma3:270m, gemma3n:tiny), which are provided "
+            "under and subject to the Gemma Terms of Use") in printed, result.stdout[-3000:]
+    assert "set gemma_terms_accepted: true in the inventory" in printed
+    assert not (root / "no-terms").exists()
+
+
 def test_every_model_layer_is_present_with_its_digest(built):
     root, _first = built
     models = root / VERSION / "models"
     manifest_path = models / "manifests/registry.ollama.ai/library/gemma3/270m"
     manifest = json.loads(manifest_path.read_text())
     kinds = {layer["mediaType"].rsplit(".", 1)[-1] for layer in manifest["layers"]}
-    assert kinds == {"model", "template", "params"}
+    assert kinds == {"model", "template", "params", "license"}
     for entry in [manifest["config"], *manifest["layers"]]:
         blob = models / "blobs" / ("sha256-" + entry["digest"][7:])
         assert blob.stat().st_size == entry["size"]

@@ -331,3 +331,46 @@ def test_a_stream_that_breaks_after_it_began_ends_with_an_error_line(tmp_path):
         assert "error" in lines[-1] and not any(line.get("done") for line in lines)
     finally:
         server.stop()
+
+
+def test_each_license_is_a_layer_of_its_own_added_to_those_of_the_base(standin):
+    """Ollama's createModel: a string is one licence, a list one layer per entry, added to the
+    base model's (`from`); /api/show joins them with a newline."""
+    first, second = "Lab Terms A\nfirst licence", "Lab Terms B"
+    names = ("lab/one-license:v1", "lab/two-licenses:v1")
+    try:
+        status, _h, body = request(standin, "POST", "/api/create", {
+            "model": names[0], "from": MODEL, "license": first, "stream": False})
+        assert status == 200, body
+        status, _h, body = request(standin, "POST", "/api/create", {
+            "model": names[1], "from": names[0], "license": [second, ""], "stream": False})
+        assert status == 200, body
+        namespace, tag = names[1].split(":")
+        manifest = json.loads((standin.models / "manifests/registry.ollama.ai" / namespace
+                               / tag).read_bytes())
+        licenses = [standin.models.joinpath("blobs", "sha256-" + layer["digest"][7:]).read_text()
+                    for layer in manifest["layers"]
+                    if layer["mediaType"] == "application/vnd.ollama.image.license"]
+        assert licenses == [first, second, ""]
+        _s, _h, body = request(standin, "POST", "/api/show", {"model": names[1]})
+        assert json.loads(body)["license"] == "\n".join([first, second, ""])
+    finally:
+        for name in names:
+            request(standin, "DELETE", "/api/delete", {"model": name})
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (5, "json: cannot unmarshal number into Go value of type []string"),
+    ({"a": 1}, "json: cannot unmarshal object into Go value of type []string"),
+    (["ok", 1], "json: cannot unmarshal number into Go value of type string"),
+])
+def test_a_license_that_is_no_string_or_list_of_strings_is_refused(standin, value, message):
+    name = "lab/bad-license:v1"
+    try:
+        _s, _h, body = request(standin, "POST", "/api/create", {
+            "model": name, "from": MODEL, "license": value, "stream": False})
+        assert message in body.decode(), body
+        status, _h, _b = request(standin, "POST", "/api/show", {"model": name})
+        assert status == 404
+    finally:
+        request(standin, "DELETE", "/api/delete", {"model": name})

@@ -88,6 +88,27 @@ class Settings:
         self.noprune = env_bool(env, "OLLAMA_NOPRUNE")
 
 
+_GO_JSON_TYPES = {bool: "bool", int: "number", float: "number", dict: "object", list: "array"}
+
+
+def licenses_of(value) -> list[str]:
+    """/api/create's `license` as Ollama's createModel reads it: a string (none when empty)
+    or a list of strings (a JSON null reads as ""), each a layer of its own; Go's unmarshal
+    error otherwise."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if not isinstance(value, list):
+        kind = _GO_JSON_TYPES.get(type(value), "value")
+        raise StoreError(f"json: cannot unmarshal {kind} into Go value of type []string")
+    for item in value:
+        if item is not None and not isinstance(item, str):
+            kind = _GO_JSON_TYPES.get(type(item), "value")
+            raise StoreError(f"json: cannot unmarshal {kind} into Go value of type string")
+    return ["" if item is None else item for item in value]
+
+
 def lookup_name(raw, kind: str = "invalid_name") -> ModelName:
     try:
         return ModelName.parse(raw)
@@ -120,10 +141,13 @@ class Backend:
         config = json.loads(self.store.read_blob(manifest["config"]["digest"]))
         layers = {layer["mediaType"]: layer for layer in manifest["layers"]}
         text = {}
-        for media, key in ((MEDIA_TEMPLATE, "template"), (MEDIA_SYSTEM, "system"),
-                           (MEDIA_LICENSE, "license")):
+        for media, key in ((MEDIA_TEMPLATE, "template"), (MEDIA_SYSTEM, "system")):
             if media in layers:
                 text[key] = self.store.read_blob(layers[media]["digest"]).decode()
+        # A model may carry several licences (a layer each); Ollama shows them joined.
+        text["license"] = "\n".join(
+            self.store.read_blob(layer["digest"]).decode() for layer in manifest["layers"]
+            if layer["mediaType"] == MEDIA_LICENSE)
         params = {}
         if MEDIA_PARAMS in layers:
             params = json.loads(self.store.read_blob(layers[MEDIA_PARAMS]["digest"]))
@@ -406,10 +430,11 @@ class Handler(BaseHTTPRequestHandler):
             put_text(MEDIA_TEMPLATE, body["template"])
         if body.get("system"):
             put_text(MEDIA_SYSTEM, body["system"])
-        if body.get("license"):
-            license_text = body["license"]
-            put_text(MEDIA_LICENSE, "\n".join(license_text) if isinstance(license_text, list)
-                     else str(license_text))
+        # Ollama's setLicense: one layer per licence, added to those of `from`.
+        for text in licenses_of(body.get("license")):
+            entry = store.write_blob_bytes(text.encode())
+            layers.append({"mediaType": MEDIA_LICENSE, **entry})
+            statuses.append(f"creating new layer {entry['digest']}")
         if body.get("parameters"):
             # Stored as given: Ollama checks types when a request uses them.
             put_text(MEDIA_PARAMS, json.dumps(body["parameters"], sort_keys=True))
