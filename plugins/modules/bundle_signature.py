@@ -195,8 +195,9 @@ def repositories(root, names):
             raise SignatureRefused("%r is not a directory inside the bundle" % name)
         release = os.path.join(root, relative, RELEASE)
         if os.path.islink(release) or not os.path.isfile(release):
-            raise SignatureRefused("%s has no %s (resolve its packages again: prepare.yml)"
-                                   % (relative, RELEASE))
+            raise SignatureRefused("%s has no %s: resolve its packages again (remove %s/"
+                                   "packages.list, then run prepare.yml)"
+                                   % (relative, RELEASE, relative))
         found.append(relative)
     return found
 

@@ -162,6 +162,7 @@ class Store:
 def write_licenses(store_root, dest, names, check_mode):
     store = Store(store_root)
     results, wanted, changed = [], {}, False
+    owners = {}
     for name in names:
         parts, texts = store.licenses(name)
         entry = {"model": display_name(parts), "file": None,
@@ -169,8 +170,20 @@ def write_licenses(store_root, dest, names, check_mode):
                  "gemma": any(GEMMA_TERMS.search(text) for text in texts)}
         if texts:
             entry["file"] = file_name(parts)
+            if owners.get(entry["file"], entry["model"]) != entry["model"]:
+                raise LicenseError("%s and %s would share the licence file %s: rename one of "
+                                   "them" % (owners[entry["file"]], entry["model"], entry["file"]))
+            owners[entry["file"]] = entry["model"]
             wanted[entry["file"]] = "\n".join(texts).encode("utf-8")
         results.append(entry)
+    removed = sorted(name for name in (os.listdir(dest) if os.path.isdir(dest) else [])
+                     if name not in wanted)
+    # Checked before anything is written or removed: a directory there is not ours.
+    for name in removed:
+        path = os.path.join(dest, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise LicenseError("%s is a directory; LICENSES holds only the models' licence "
+                               "files" % path)
     for file, data in wanted.items():
         path = os.path.join(dest, file)
         try:
@@ -182,14 +195,6 @@ def write_licenses(store_root, dest, names, check_mode):
             if not check_mode:
                 os.makedirs(dest, exist_ok=True)
                 write_atomic(path, data)
-    removed = sorted(name for name in (os.listdir(dest) if os.path.isdir(dest) else [])
-                     if name not in wanted)
-    # Checked before anything is removed: a directory there is not ours to delete.
-    for name in removed:
-        path = os.path.join(dest, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            raise LicenseError("%s is a directory; LICENSES holds only the models' licence "
-                               "files" % path)
     if removed:
         changed = True
         if not check_mode:

@@ -106,6 +106,7 @@ models:
       manifest_digest: 8d1b...
       size: 7547579000
       layers: 4
+      pinned: true
       gguf: {architecture: gemma3n, block_count: 35, context_length: 32768,
              embedding_length: 2048, head_count_kv: 2, key_length: 256, value_length: 256,
              sliding_window: 512, shared_kv_layers: 15, file_type: 15}
@@ -457,6 +458,8 @@ def run(src, dest, names, check_mode, uid=None, cache_path=None, pins=None):
             "manifest_digest": hashlib.sha256(raw).hexdigest(),
             "size": sum(e["size"] for e in entries),
             "layers": len(entries) - 1,
+            # Whether O(digests) pinned it (by the name as given, not as Ollama writes it).
+            "pinned": name in (pins or {}),
         }
         record.update(describe(src, entries))
         models.append(record)

@@ -120,6 +120,22 @@ def test_a_bundle_with_gemma_needs_the_terms_accepted_and_names_the_variable(bui
     assert not (root / "no-terms").exists()
 
 
+def test_a_model_whose_licence_is_gemmas_needs_the_terms_accepted_whatever_its_name(built):
+    """A model whose name does not say Gemma, carrying the Gemma notice as its licence: refused
+    after the pull, by its licence text, and the bundle is not sealed."""
+    root, _first = built
+    models = json.dumps({"bundle_models": (
+        "{{ [lab_model_text | combine({'name': 'lab/renamed:v1'})] }}"),
+        "bundle_vision": [], "gemma_terms_accepted": False})
+    result = prepare(root, "-e", models, version="renamed")
+    assert result.returncode != 0
+    printed = " ".join(result.stdout.split())
+    assert ("The licence of lab/renamed:v1 is the Gemma Terms of Use "
+            "(https://ai.google.dev/gemma/terms), though the name does not say Gemma") in printed, \
+        result.stdout[-3000:]
+    assert not (root / "renamed" / "SHA256SUMS").exists()
+
+
 def test_every_model_layer_is_present_with_its_digest(built):
     root, _first = built
     models = root / VERSION / "models"

@@ -100,4 +100,16 @@ def test_a_directory_in_licenses_is_not_removed_but_named(store, tmp_path):
     (dest / "nested").mkdir(parents=True)
     result = licenses(store, dest, "gemma3n:e4b")
     assert result.get("failed") and "nested is a directory" in result["msg"], result
-    assert (dest / "nested").is_dir()
+    assert [p.name for p in dest.iterdir()] == ["nested"]  # nothing written either
+
+
+def test_two_models_that_would_share_a_file_are_refused(store, tmp_path):
+    """a_b:c and a:b_c both read as a_b_c.txt: one licence would be lost, shown for the other."""
+    for parts in (("registry.ollama.ai", "library", "a_b", "c"),
+                  ("registry.ollama.ai", "library", "a", "b_c")):
+        model(store, parts, b"x" * 10)
+        add_licenses(store, parts, "Terms of " + parts[2])
+    result = licenses(store, tmp_path / "LICENSES", "a_b:c", "a:b_c")
+    assert result.get("failed"), result
+    assert "a_b:c and a:b_c would share the licence file a_b_c.txt" in result["msg"]
+    assert not (tmp_path / "LICENSES").exists()

@@ -248,6 +248,12 @@ def test_a_pinned_digest_that_matches_exports_the_model(source, tmp_path):
     assert not result.get("failed"), result
     assert {m["name"]: m["manifest_digest"] for m in result["models"]} == {
         "gemma3n:e4b": e4b, "gemma3n:e2b": e2b}
+    assert all(m["pinned"] for m in result["models"])
+    unpinned = run_module("ollama_store", {"src": str(source), "dest": str(tmp_path / "dest"),
+                                           "models": ["gemma3n:e4b", "gemma3n:e2b"],
+                                           "digests": {"gemma3n:e4b": e4b}})
+    assert {m["name"]: m["pinned"] for m in unpinned["models"]} == {
+        "gemma3n:e4b": True, "gemma3n:e2b": False}
 
 
 def test_a_model_whose_digest_differs_from_its_pin_is_refused_before_anything_is_written(

@@ -185,9 +185,11 @@ if [ -n "$missing" ]; then
   chmod 644 "$WORK/keys.gpg"
   printf 'deb [signed-by=%s,%s] file:%s ./\n' "$WORK/keys.gpg" "$WANT" "$WORK/repo" \
     >"$WORK/sources.list"
-  # The kit is apt's only source (the system's sources and lists are not read or changed).
+  # The kit is apt's only source (the system's sources and lists are not read or changed),
+  # with lists of its own, so no older index stands in for one whose signature fails.
   set -- -o "Dir::Etc::SourceList=$WORK/sources.list" -o "Dir::Etc::SourceParts=$WORK/parts" \
-    -o "Dir::State::Lists=$WORK/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
+    -o "Dir::State::Lists=$WORK/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" \
+    -o Acquire::AllowInsecureRepositories=false -o APT::Get::AllowUnauthenticated=false
   if ! LC_ALL=C apt-get "$@" -q update >"$WORK/apt.log" 2>&1; then
     cat "$WORK/apt.log" >&2
     die "apt-get could not read the kit's package index ($KIT/packages), or refused it:" \
