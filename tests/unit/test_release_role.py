@@ -164,7 +164,9 @@ def test_prepare_and_bundle_manifest_share_one_version_rule():
     assert tuple(rule["bundle_reserved_versions"]) == RESERVED_VERSIONS
 
 
-PREFLIGHT_VARS = {"bundle_models": [], "bundle_preflight_margin_bytes": 0}
+# One model to pull (preflight refuses an empty list), counted as needing no space.
+PREFLIGHT_VARS = {"bundle_models": [{"name": "tiny:v1"}], "bundle_preflight_margin_bytes": 0,
+                  "bundle_preflight_pull_bytes": 0}
 
 
 @pytest.mark.parametrize("version", ["current", "previous", "v1\n"])
