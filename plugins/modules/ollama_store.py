@@ -106,10 +106,15 @@ models:
       manifest_digest: 8d1b...
       size: 7547579000
       layers: 4
-      pinned: true
       gguf: {architecture: gemma3n, block_count: 35, context_length: 32768,
              embedding_length: 2048, head_count_kv: 2, key_length: 256, value_length: 256,
              sliding_window: 512, shared_kv_layers: 15, file_type: 15}
+pinned:
+  description: The models O(digests) pinned (each checked), named as Ollama writes them.
+  returned: always
+  type: list
+  elements: str
+  sample: [gemma3n:e4b]
 copied_blobs:
   description: Blobs written to O(dest) this run.
   returned: always
@@ -439,7 +444,7 @@ def run(src, dest, names, check_mode, uid=None, cache_path=None, pins=None):
     work, repaired = plan(src, dest, names, cache, pins)
     copied_blobs = copied_bytes = 0
     changed = bool(repaired)
-    models = []
+    models, pinned = [], []
     seen = set()
     for name, parts, raw, entries, missing, stale in work:
         for entry in missing:
@@ -458,9 +463,11 @@ def run(src, dest, names, check_mode, uid=None, cache_path=None, pins=None):
             "manifest_digest": hashlib.sha256(raw).hexdigest(),
             "size": sum(e["size"] for e in entries),
             "layers": len(entries) - 1,
-            # Whether O(digests) pinned it (by the name as given, not as Ollama writes it).
-            "pinned": name in (pins or {}),
         }
+        # By the name as given, reported as Ollama writes it; not in the record, which
+        # bundle.json keeps: pinning a model does not change the bundle.
+        if name in (pins or {}):
+            pinned.append(record["name"])
         record.update(describe(src, entries))
         models.append(record)
     if not check_mode:
@@ -470,7 +477,7 @@ def run(src, dest, names, check_mode, uid=None, cache_path=None, pins=None):
         if changed:
             chown_tree(dest, uid)
         cache.save()
-    return {"changed": changed, "models": models, "copied_blobs": copied_blobs,
+    return {"changed": changed, "models": models, "pinned": pinned, "copied_blobs": copied_blobs,
             "copied_bytes": copied_bytes, "repaired_blobs": repaired,
             "hashed_bytes": cache.hashed_bytes}
 
