@@ -39,7 +39,7 @@ $(LLAMA_WHEEL):
 	  --disable-pip-version-check -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
 
 # The venv is rebuilt only when a requirements file changes.
-$(STAMP): requirements.txt requirements-dev.txt $(LLAMA_WHEEL)
+$(STAMP): requirements.txt requirements-staging.txt requirements-dev.txt $(LLAMA_WHEEL)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
 	  --find-links $(WHEELS) -r requirements-dev.txt

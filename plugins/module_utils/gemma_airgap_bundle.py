@@ -15,6 +15,8 @@ __metaclass__ = type
 
 SUMS = "SHA256SUMS"
 META = "bundle.json"
+# The bundle's software bill of materials (CycloneDX JSON), listed in SHA256SUMS.
+SBOM = "sbom.cdx.json"
 # A bundle's own small files are read whole: never more than this.
 SUMS_LIMIT = 64 * 1024 * 1024
 

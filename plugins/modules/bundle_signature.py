@@ -20,9 +20,8 @@ description:
     (a key on a smartcard, or in an agent). It is never written into the bundle.
   - With O(sign=repositories), signs each apt repository's C(Release) of O(repositories) into
     C(Release.gpg) (a detached, armored signature) instead, before the seal lists those
-    signatures; targets
-    and the control-node kit then use the repositories with C(signed-by=) the signer's key
-    and the pinned fingerprints, never C([trusted=yes]).
+    signatures; targets and the control-node kit then use the repositories with C(signed-by=)
+    the signer's key and the pinned fingerprints, never C([trusted=yes]).
   - A signature that already verifies with O(fingerprint) over the current C(SHA256SUMS) (or
     C(Release)) is kept, so a second run over an unchanged bundle changes nothing.
 version_added: "0.17.0"
@@ -52,6 +51,7 @@ options:
     type: str
     choices: [sums, repositories]
     default: sums
+    version_added: "0.18.0"
   repositories:
     description:
       - Directories of apt repositories in the bundle (relative to O(path)) whose C(Release)
@@ -59,6 +59,7 @@ options:
     type: list
     elements: str
     default: []
+    version_added: "0.18.0"
 extends_documentation_fragment:
   - gemma_airgap.ollama.gemma_airgap.attributes
 requirements:

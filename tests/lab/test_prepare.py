@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import labctl
 from tests.tiny_gemma3n.test_tiny_gemma3n import recorded
@@ -107,6 +108,49 @@ def test_each_models_licence_is_in_licenses_and_the_acceptance_in_bundle_json(bu
     printed = " ".join(first.stdout.split())
     assert (f"Licences: gemma3:270m: Gemma Terms of Use (notice) ({bundle}/LICENSES/"
             "gemma3_270m.txt)") in printed, first.stdout[-3000:]
+
+
+def test_the_sbom_validates_and_names_exactly_the_bundles_files(built):
+    """The lab bundle's sbom.cdx.json: valid CycloneDX 1.6 (the library's strict validator),
+    sealed in SHA256SUMS, naming every file of the bundle but the bundle's own, with the
+    real artifacts described: Docker's .debs with their package URLs, the kit's wheels, the
+    collection, the models with their manifest digests and licences, the images' IDs."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    root, first = built
+    bundle = root / VERSION
+    text = (bundle / "sbom.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(text)
+    listed = {line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
+    assert "sbom.cdx.json" in listed
+    named = {p["value"] for c in doc["components"] for p in c.get("properties", [])
+             if p["name"] == "gemma-airgap:file"}
+    assert named == listed - {"bundle.json", "sbom.cdx.json"}
+    meta = json.loads((bundle / "bundle.json").read_text())
+    components = {c["bom-ref"]: c for c in doc["components"]}
+    for image in meta["images"]:
+        component = components[f"image:{image['name']}"]
+        assert {"name": "gemma-airgap:image-id", "value": image["id"]} in component["properties"]
+    for model in meta["models"]:
+        component = components[f"model:{model['name']}"]
+        assert component["hashes"][0]["content"] == model["manifest_digest"]
+        assert component["licenses"] == [{"license": {"name": "Gemma Terms of Use (notice)"}}]
+    debs = [c for c in doc["components"] if c.get("purl", "").startswith("pkg:deb/debian/")]
+    docker = [c for c in debs if c["name"] == "docker.io"]
+    assert docker and docker[0]["purl"].endswith("?arch=amd64&distro=trixie"), docker
+    # Debian's own packages mostly carry machine-readable copyright files.
+    assert sum(1 for c in debs if c.get("licenses")) > len(debs) // 2, len(debs)
+    wheels = {c["name"] for c in doc["components"] if c.get("purl", "").startswith("pkg:pypi/")}
+    assert {"ansible-core", "jinja2"} <= {w.lower() for w in wheels}
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text())
+    ours = [c for c in doc["components"]
+            if (c.get("group"), c["name"]) == ("gemma_airgap", "ollama")]
+    assert len(ours) == 1 and ours[0]["version"] == galaxy["version"], ours
+    assert ours[0]["licenses"] == [{"license": {"id": galaxy["license"][0]}}]
+    printed = " ".join(first.stdout.split())
+    assert f"SBOM: sbom.cdx.json (CycloneDX 1.6), {len(named)} files in" in printed, printed[-3000:]
 
 
 def test_a_bundle_with_gemma_needs_the_terms_accepted_and_names_the_variable(built):

@@ -21,7 +21,7 @@ apt-get install -y -qq --download-only --no-install-recommends \
 apt-get install -y -qq --no-install-recommends apt-utils >/dev/null
 cd /out
 # The old index's signature goes with it: prepare signs the new Release before the seal.
-rm -rf debs/partial debs/lock packages.list Release Release.gpg InRelease
+rm -rf debs/partial debs/lock packages.list Release Release.gpg InRelease os-release
 apt-ftparchive packages debs > Packages.new
 gzip -9n < Packages.new > Packages.gz.new
 mv Packages.new Packages
@@ -29,5 +29,7 @@ mv Packages.gz.new Packages.gz
 # The Release file lists the indexes by their final names.
 apt-ftparchive -o APT::FTPArchive::Release::Origin=gemma-airgap release . > /tmp/Release
 mv /tmp/Release Release
+# Which OS this repository is for (ID, VERSION_CODENAME): the SBOM's package URLs name it.
+cp /etc/os-release os-release
 # Written last: its presence says the resolution finished.
 printf '%s\n' "$@" > packages.list
