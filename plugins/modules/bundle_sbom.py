@@ -99,7 +99,7 @@ files:
   returned: when O(state=present)
   type: int
 unlicensed:
-  description: Packages, wheels and collections whose licence their metadata does not name.
+  description: Packages, wheels, collections and models whose licence no metadata names.
   returned: when O(state=present)
   type: int
 inputs:
@@ -111,6 +111,10 @@ library:
   returned: when O(state=requirements)
   type: str
   sample: 11.12.0
+dpkg_deb:
+  description: Whether C(dpkg-deb) is here to read the packages' licences (with O(state=requirements)).
+  returned: when O(state=requirements)
+  type: bool
 """
 
 import datetime
