@@ -170,7 +170,7 @@ def wheel_metadata(path):
     elif short and len(short) <= 80 and short.upper() not in ("UNKNOWN", "NONE"):
         licenses = [short]
     else:
-        licenses = unique(str(c).split(" :: ")[-1].strip()
+        licenses = unique(str(c).rsplit(" :: ", maxsplit=1)[-1].strip()
                           for c in message.get_all("Classifier") or []
                           if str(c).startswith(CLASSIFIER))
     return {"name": str(message.get("Name", "")), "version": str(message.get("Version", "")),

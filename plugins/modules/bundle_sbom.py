@@ -112,7 +112,8 @@ library:
   type: str
   sample: 11.12.0
 dpkg_deb:
-  description: Whether C(dpkg-deb) is here to read the packages' licences (with O(state=requirements)).
+  description:
+    - Whether C(dpkg-deb) is here to read the packages' licences (with O(state=requirements)).
   returned: when O(state=requirements)
   type: bool
 """
