@@ -141,6 +141,7 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_c
     collection_metadata,
     deb_licenses,
     os_release,
+    unique,
     wheel_metadata,
 )
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files import (
@@ -224,20 +225,22 @@ class SealedBundle:
         """The files an SBOM describes: every listed file but the bundle's own."""
         return sorted(p for p in self.digests if p not in OWN_FILES)
 
-    def digest(self, relative):
+    def digest(self, relative, named_by=META):
         if relative not in self.digests or relative in OWN_FILES:
             raise SbomError("%s names %s, which %s does not list: seal the bundle again"
-                            % (META, relative, SUMS))
+                            % (named_by, relative, SUMS))
         return self.digests[relative]
 
     def absolute(self, relative):
         return os.path.join(self.root, relative)
 
-    def inputs(self, repositories):
+    def inputs(self, repositories, reads_debs):
         """The digest of everything the SBOM is made from."""
         described = dict((k, v) for k, v in self.meta.items()
                          if k not in ("files", "total_bytes", "created_at"))
-        state = {"format": FORMAT, "library": this_component().version,
+        # Whether the packages' licences could be read: an SBOM made without dpkg-deb is made
+        # again once it is there.
+        state = {"format": FORMAT, "library": this_component().version, "debs": reads_debs,
                  "files": [[p, self.digests[p]] for p in self.content()],
                  "meta": described, "repositories": repositories}
         return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
@@ -249,6 +252,7 @@ def licenses_of(names):
     CycloneDX takes one expression or a list of licences, never both: with several names,
     an expression among them is kept as a name.
     """
+    names = unique(names)
     factory = LicenseFactory()
     made = [factory.make_from_string(name) for name in names]
     if len(made) <= 1:
@@ -257,9 +261,15 @@ def licenses_of(names):
             for m, n in zip(made, names, strict=True)]
 
 
+def listed(value):
+    """value when it is a list, else [] (a bundle.json value of the wrong kind)."""
+    return value if isinstance(value, list) else []
+
+
 def split_tag(reference):
-    """(repository, tag) of an image reference; the tag is None when there is none."""
-    repository, sep, tag = reference.rpartition(":")
+    """(repository, tag) of an image reference (a digest after @ left out); the tag is None
+    when there is none."""
+    repository, sep, tag = reference.split("@", 1)[0].rpartition(":")
     if not sep or "/" in tag:
         return reference, None
     return repository, tag
@@ -268,10 +278,11 @@ def split_tag(reference):
 class SbomBuilder:
     """The components of one sealed bundle, each naming its files."""
 
-    def __init__(self, bundle, repositories, read_deb_licenses=deb_licenses):
+    def __init__(self, bundle, repositories, read_deb_licenses):
         self.bundle = bundle
         self.repositories = repositories
-        self.read_deb_licenses = read_deb_licenses if shutil.which("dpkg-deb") else None
+        # False: no dpkg-deb here; the packages are listed without their licences.
+        self.read_deb_licenses = read_deb_licenses
         self.components = {}
         self.claimed = set()
 
@@ -311,9 +322,12 @@ class SbomBuilder:
 
     def images(self):
         for record in self.bundle.records("images"):
-            reference = str(record.get("image", ""))
+            reference = str(record.get("image") or record.get("name") or "")
             repository, tag = split_tag(reference)
-            digests = [d for d in record.get("repo_digests") or [] if isinstance(d, str)]
+            if not repository:
+                raise SbomError("%s has an image record without a name: seal the bundle "
+                                "again" % META)
+            digests = [d for d in listed(record.get("repo_digests")) if isinstance(d, str)]
             purl = None
             if digests:
                 registry_path, _at, digest = digests[0].partition("@")
@@ -340,9 +354,14 @@ class SbomBuilder:
             if relative is None or not relative.startswith(repo + "/"):
                 raise SbomError("%s names %r, outside its repository" % (index, filename))
             qualifiers = dict({"arch": arch}, **({"distro": distro} if distro else {}))
-            licensed = (self.read_deb_licenses(self.bundle.absolute(relative), package)
-                        if self.read_deb_licenses else [])
-            self.add("deb:%s:%s" % (repo, os.path.basename(relative)), [relative],
+            # Only a file the seal listed is read.
+            self.bundle.digest(relative, named_by=index)
+            try:
+                licensed = (self.read_deb_licenses(self.bundle.absolute(relative), package)
+                            if self.read_deb_licenses else [])
+            except ContentError as error:
+                raise SbomError(str(error)) from None
+            self.add("deb:" + relative, [relative],
                      ComponentType.LIBRARY, package, version=version, licensed=licensed,
                      purl=PackageURL(type="deb", namespace=vendor, name=package, version=version,
                                      qualifiers=qualifiers))
@@ -400,7 +419,7 @@ class SbomBuilder:
             license_record = licenses.get(display_name(parts), {})
             if license_record.get("file"):
                 files.append("%s/%s" % (LICENSES_DIR, license_record["file"]))
-            titles = [str(t) for t in license_record.get("titles") or []]
+            titles = [t for t in listed(license_record.get("titles")) if isinstance(t, str)]
             name, _colon, tag = display_name(parts).rpartition(":")
             self.add("model:" + display_name(parts), files, ComponentType.MACHINE_LEARNING_MODEL,
                      name, version=tag, licensed=titles,
@@ -475,9 +494,16 @@ def summary(document, inputs, changed):
             "unlicensed": unlicensed, "inputs": inputs}
 
 
-def write_sbom(root, repositories, check_mode, now=None, read_deb_licenses=deb_licenses):
+def write_sbom(root, repositories, check_mode, now=None, read_deb_licenses=None):
+    """Write the SBOM unless the one sealed in describes the same inputs.
+
+    read_deb_licenses: how to read a package's licences (False: not at all); by default
+    dpkg-deb's reading when dpkg-deb is here, else not at all.
+    """
+    if read_deb_licenses is None:
+        read_deb_licenses = deb_licenses if shutil.which("dpkg-deb") else False
     bundle = SealedBundle(root)
-    inputs = bundle.inputs(repositories)
+    inputs = bundle.inputs(repositories, bool(read_deb_licenses))
     document = sealed_sbom(bundle)
     if document is not None and inputs_of(document) == inputs:
         return summary(document, inputs, False)
@@ -518,6 +544,12 @@ def main():
         result = write_sbom(module.params["path"], repositories, module.check_mode)
     except (SbomError, OSError, UnsafeFile, ValueError) as error:
         module.fail_json(msg="The SBOM was not written: %s." % error)
+    # Whatever else a hostile artifact makes a library raise: a failure that says so, never
+    # a bare traceback.
+    except Exception as error:
+        module.fail_json(msg="The SBOM was not written: %s: %s (a bug: please report it with "
+                             "the traceback)." % (type(error).__name__, error),
+                         exception=traceback.format_exc())
     module.exit_json(**result)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -23,7 +24,8 @@ import bundle_manifest
 from tests.conftest import run_module
 from tests.unit.bundle_parts import model, sha256
 
-pytestmark = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
+# The scratch bundle's packages are real .debs, built and read with dpkg-deb.
+needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb")
 
 VERSION = "2026.11.30-1"
 OWN = {"SHA256SUMS", "bundle.json", "sbom.cdx.json"}
@@ -88,6 +90,8 @@ def build_collection(path: Path) -> None:
 
 @pytest.fixture
 def bundle(tmp_path) -> Path:
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("needs dpkg-deb")
     root = tmp_path / VERSION
     repo = root / REPO
     repo.mkdir(parents=True)
@@ -189,7 +193,7 @@ def test_the_sbom_validates_and_names_exactly_the_bundles_files(bundle):
 def test_each_artifact_is_described_from_its_own_metadata(bundle):
     write(bundle)
     components = by_ref(document(bundle))
-    hello = components[f"deb:{REPO}:hello_2.0-1_amd64.deb"]
+    hello = components[f"deb:{REPO}/hello_2.0-1_amd64.deb"]
     assert hello["name"] == "hello" and hello["version"] == "1:2.0-1"
     assert hello["purl"] == "pkg:deb/debian/hello@1:2.0-1?arch=amd64&distro=trixie"
     # The names of the machine-readable copyright file, each once: an SPDX id as an id, a
@@ -198,7 +202,7 @@ def test_each_artifact_is_described_from_its_own_metadata(bundle):
     deb = bundle / REPO / "hello_2.0-1_amd64.deb"
     assert hello["hashes"] == [{"alg": "SHA-256", "content": sha256(deb.read_bytes())}]
     # A free-form copyright file names no licence the SBOM could state.
-    assert "licenses" not in components[f"deb:{REPO}:freeform_3_amd64.deb"]
+    assert "licenses" not in components[f"deb:{REPO}/freeform_3_amd64.deb"]
     demo = components["wheel:control-node/wheels/demo-1.0-py3-none-any.whl"]
     assert demo["purl"] == "pkg:pypi/demo@1.0"
     assert demo["licenses"] == [{"license": {"id": "MIT"}}]
@@ -261,7 +265,7 @@ def test_without_os_release_the_image_names_the_os(bundle):
     (bundle / REPO / "os-release").unlink()
     seal(bundle)
     bundle_sbom.write_sbom(str(bundle), [{"path": REPO, "image": "ubuntu:noble"}], False)
-    hello = by_ref(document(bundle))[f"deb:{REPO}:hello_2.0-1_amd64.deb"]
+    hello = by_ref(document(bundle))[f"deb:{REPO}/hello_2.0-1_amd64.deb"]
     assert hello["purl"] == "pkg:deb/ubuntu/hello@1:2.0-1?arch=amd64&distro=noble"
 
 
@@ -280,6 +284,14 @@ def test_os_release_gives_a_plain_vendor_and_codename(text, expected):
 def test_check_mode_writes_nothing(bundle):
     result = write(bundle, check=True)
     assert result["changed"] and not (bundle / "sbom.cdx.json").exists()
+
+
+def test_an_index_naming_a_package_the_seal_does_not_list_is_refused_naming_both(bundle):
+    (bundle / REPO / "freeform_3_amd64.deb").unlink()
+    seal(bundle)
+    with pytest.raises(bundle_sbom.SbomError, match=(
+            f"{REPO}/Packages names {REPO}/freeform_3_amd64.deb, which SHA256SUMS does not")):
+        write(bundle)
 
 
 def test_an_index_naming_a_file_outside_its_repository_is_refused(bundle):
@@ -327,9 +339,148 @@ def test_through_ansible_the_sbom_is_written_and_reported(bundle):
     assert not third["changed"] and third["unlicensed"] == 3, third
 
 
+@needs_dpkg
 def test_a_free_form_or_missing_copyright_names_no_licence(tmp_path):
     assert bundle_sbom.deb_licenses(str(build_deb(tmp_path, "nocopy", "1", None)), "nocopy") == []
     free = build_deb(tmp_path, "free", "1", "Public domain.\n")
     assert bundle_sbom.deb_licenses(str(free), "free") == []
     assert bundle_sbom.deb_licenses(str(build_deb(tmp_path, "dep", "1", DEP5)), "dep") == [
         "GPL-2+", "MIT"]
+
+
+@needs_dpkg
+def test_a_file_that_is_no_debian_package_is_refused_naming_it(tmp_path):
+    fake = tmp_path / "fake_1_amd64.deb"
+    fake.write_bytes(b"not an ar archive")
+    with pytest.raises(bundle_sbom.ContentError, match=r"fake_1_amd64\.deb.*not a whole Debian"):
+        bundle_sbom.deb_licenses(str(fake), "fake")
+
+
+@needs_dpkg
+def test_dpkg_deb_that_takes_too_long_is_stopped(tmp_path, monkeypatch):
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "dpkg-deb").write_text("#!/bin/sh\nexec sleep 30\n")
+    (slow / "dpkg-deb").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}:/usr/bin:/bin")
+    started = datetime.datetime.now()
+    with pytest.raises(bundle_sbom.ContentError, match="took longer than 1 s"):
+        bundle_sbom.deb_licenses(str(tmp_path / "any.deb"), "any", timeout=1)
+    assert (datetime.datetime.now() - started).total_seconds() < 10
+
+
+def test_an_sbom_made_without_dpkg_deb_is_made_again_once_it_is_there(bundle):
+    without = bundle_sbom.write_sbom(str(bundle), REPOSITORIES, False, now=WHEN,
+                                     read_deb_licenses=False)
+    assert without["changed"] and without["unlicensed"] == 4, without
+    seal(bundle)
+    again = write(bundle)
+    assert again["changed"] and again["unlicensed"] == 3, again
+    hello = by_ref(document(bundle))[f"deb:{REPO}/hello_2.0-1_amd64.deb"]
+    assert hello["licenses"]
+
+
+def test_a_broken_package_stops_the_sbom_naming_it(bundle):
+    deb = bundle / REPO / "freeform_3_amd64.deb"
+    deb.write_bytes(deb.read_bytes()[:200])
+    seal(bundle)
+    with pytest.raises(bundle_sbom.SbomError, match=r"freeform_3_amd64\.deb"):
+        write(bundle)
+    assert not (bundle / "sbom.cdx.json").exists()
+
+
+@pytest.mark.parametrize(("name", "payload", "reason"), [
+    ("truncated-1.0-py3-none-any.whl", "truncate", "cannot be read as a wheel"),
+    ("corrupt-1.0-py3-none-any.whl", "corrupt", "cannot be read as a wheel"),
+    ("empty-1.0-py3-none-any.whl", "no-metadata", "0 METADATA files"),
+])
+def test_a_damaged_wheel_stops_the_sbom_naming_it(bundle, name, payload, reason):
+    path = bundle / "control-node" / "wheels" / name
+    build_wheel(path, "Metadata-Version: 2.1\nName: x\nVersion: 1.0\n" + "License: MIT\n" * 999)
+    data = path.read_bytes()
+    if payload == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif payload == "corrupt":
+        # The deflated METADATA's bytes, damaged inside the stream.
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
+            wheel.writestr(f"{name.split('-')[0]}-1.0.dist-info/METADATA", "License: MIT\n" * 999)
+        data = bytearray(path.read_bytes())
+        data[60:80] = b"\xff" * 20
+        path.write_bytes(bytes(data))
+    else:
+        with zipfile.ZipFile(path, "w") as wheel:
+            wheel.writestr("x/__init__.py", "")
+    seal(bundle)
+    escaped = re.escape(name)
+    with pytest.raises(bundle_sbom.SbomError, match=f"{escaped}.*{reason}|{reason}.*{escaped}"):
+        write(bundle)
+
+
+def test_a_wheels_non_ascii_licence_and_a_blank_expression_are_read(bundle):
+    wheels = bundle / "control-node" / "wheels"
+    build_wheel(wheels / "utf-1.0-py3-none-any.whl", "Metadata-Version: 2.1\nName: utf\n"
+                "Version: 1.0\nLicense: Copyright \u00a9 Ünïcode\n")
+    build_wheel(wheels / "blank-1.0-py3-none-any.whl",
+                "Metadata-Version: 2.4\nName: blank\nVersion: 1.0\nLicense-Expression:  \n"
+                "Classifier: License :: OSI Approved :: Apache Software License\n")
+    seal(bundle)
+    write(bundle)
+    components = by_ref(document(bundle))
+    utf = components["wheel:control-node/wheels/utf-1.0-py3-none-any.whl"]
+    assert utf["licenses"] == [{"license": {"name": "Copyright \u00a9 Ünïcode"}}]
+    blank = components["wheel:control-node/wheels/blank-1.0-py3-none-any.whl"]
+    assert blank["licenses"] == [{"license": {"name": "Apache Software License"}}]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "not-an-object"])
+def test_a_damaged_collection_stops_the_sbom_naming_it(bundle, damage):
+    path = bundle / "control-node" / "collections" / "gemma_airgap-ollama-0.18.0.tar.gz"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:40])
+    else:
+        data = json.dumps({"collection_info": ["a", "list"]}).encode()
+        with tarfile.open(path, "w:gz") as archive:
+            info = tarfile.TarInfo("MANIFEST.json")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    seal(bundle)
+    with pytest.raises(bundle_sbom.SbomError, match=r"gemma_airgap-ollama-0\.18\.0\.tar\.gz"):
+        write(bundle)
+
+
+def test_records_of_the_wrong_kind_and_blank_licences_give_a_valid_sbom(bundle):
+    meta = metadata(bundle)
+    meta["licenses"][0]["titles"] = "Gemma"  # a string, not a list
+    meta["images"][0]["repo_digests"] = 5
+    # An image pinned by digest: the digest is not part of its tag.
+    meta["images"][0]["image"] = "ollama/ollama:0.12.3@sha256:" + "2" * 64
+    seal(bundle, meta)
+    write(bundle)
+    text = (bundle / "sbom.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    components = by_ref(json.loads(text))
+    assert "licenses" not in components["model:gemma3n:e4b"]
+    image = components["image:ollama"]
+    assert (image["name"], image["version"]) == ("ollama/ollama", "0.12.3")
+    assert "purl" not in image
+
+
+def test_the_same_package_file_name_in_two_repositories_is_two_components(bundle):
+    kit = bundle / "control-node" / "packages"
+    kit.mkdir()
+    for name in ("hello_2.0-1_amd64.deb", "freeform_3_amd64.deb", "Packages"):
+        shutil.copy(bundle / REPO / name, kit)
+    (kit / "os-release").write_text(OS_RELEASE)
+    seal(bundle)
+    repositories = [*REPOSITORIES, {"path": "control-node/packages", "image": "debian:trixie"}]
+    bundle_sbom.write_sbom(str(bundle), repositories, False, now=WHEN)
+    refs = by_ref(document(bundle))
+    assert {f"deb:{REPO}/hello_2.0-1_amd64.deb",
+            "deb:control-node/packages/hello_2.0-1_amd64.deb"} <= set(refs)
+
+
+def test_requirements_state_reports_the_library_through_ansible():
+    result = run_module("bundle_sbom", {"state": "requirements"})
+    assert not result.get("failed") and not result["changed"], result
+    assert result["library"] == "11.12.0"
+    assert result["dpkg_deb"] is bool(shutil.which("dpkg-deb"))
