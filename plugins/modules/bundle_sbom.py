@@ -23,9 +23,9 @@ description:
     Every other file is a C(file) component with its SHA-256."
   - Every component names its files in the bundle (property C(gemma-airgap:file)), and every
     file of the bundle is named by at least one component, except C(bundle.json),
-    C(SHA256SUMS), its signature and keys, and the SBOM itself. The module checks this before it
-    writes, and validates the document against the CycloneDX schema (the library's strict JSON
-    validator); an SBOM that does not validate is not written.
+    C(SHA256SUMS), its signature and keys, and the SBOM itself (a file no other component
+    names is a C(file) component). The document is validated against the CycloneDX schema (the
+    library's strict JSON validator) before it is written; one that does not validate is not.
   - Run it after a seal and seal again after it (the second seal hashes only the SBOM), so that
     C(SHA256SUMS) lists it and its signature covers it.
   - The SBOM is rebuilt only when what it describes changed (a digest of its inputs is kept in
@@ -147,7 +147,6 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_c
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_files import (
     UnsafeFile,
     read_regular,
-    sha256_file,
     write_atomic,
 )
 from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_ollama import (
@@ -218,8 +217,7 @@ class SealedBundle:
             self.digests[relative] = digest
 
     def records(self, key):
-        value = self.meta.get(key)
-        return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+        return [r for r in listed(self.meta.get(key)) if isinstance(r, dict)]
 
     def content(self):
         """The files an SBOM describes: every listed file but the bundle's own."""
@@ -269,9 +267,10 @@ def listed(value):
 def split_tag(reference):
     """(repository, tag) of an image reference (a digest after @ left out); the tag is None
     when there is none."""
-    repository, sep, tag = reference.split("@", 1)[0].rpartition(":")
+    name = reference.split("@", 1)[0]
+    repository, sep, tag = name.rpartition(":")
     if not sep or "/" in tag:
-        return reference, None
+        return name, None
     return repository, tag
 
 
@@ -416,12 +415,13 @@ class SbomBuilder:
                                 % (record.get("name"), manifest, error)) from None
             blobs = set("%s/blobs/%s" % (MODELS_DIR, blob_name(e["digest"])) for e in entries)
             files = [manifest, *sorted(blobs)]
-            license_record = licenses.get(display_name(parts), {})
+            shown = display_name(parts)
+            license_record = licenses.get(shown, {})
             if license_record.get("file"):
                 files.append("%s/%s" % (LICENSES_DIR, license_record["file"]))
             titles = [t for t in listed(license_record.get("titles")) if isinstance(t, str)]
-            name, _colon, tag = display_name(parts).rpartition(":")
-            self.add("model:" + display_name(parts), files, ComponentType.MACHINE_LEARNING_MODEL,
+            name, _colon, tag = shown.rpartition(":")
+            self.add("model:" + shown, files, ComponentType.MACHINE_LEARNING_MODEL,
                      name, version=tag, licensed=titles,
                      hashes=[HashType(alg=HashAlgorithm.SHA_256, content=manifest_digest)],
                      properties=[Property(name="gemma-airgap:manifest-digest",
@@ -463,11 +463,11 @@ def render(bom):
 
 def sealed_sbom(bundle):
     """The SBOM in the bundle as a document, when it is the one the seal listed; else None."""
-    path = bundle.absolute(SBOM)
     try:
-        if sha256_file(path) != bundle.digests.get(SBOM):
+        data = read_regular(bundle.absolute(SBOM), SBOM_LIMIT)
+        if hashlib.sha256(data).hexdigest() != bundle.digests.get(SBOM):
             return None
-        document = json.loads(read_regular(path, SBOM_LIMIT))
+        document = json.loads(data)
         return document if isinstance(document, dict) else None
     except (OSError, UnsafeFile, ValueError):
         return None
@@ -507,10 +507,8 @@ def write_sbom(root, repositories, check_mode, now=None, read_deb_licenses=None)
     document = sealed_sbom(bundle)
     if document is not None and inputs_of(document) == inputs:
         return summary(document, inputs, False)
+    # build() names every listed file: what no other component claims is a file component.
     builder = SbomBuilder(bundle, repositories, read_deb_licenses).build()
-    missing = sorted(set(bundle.content()) - builder.claimed)
-    if missing:
-        raise SbomError("no component names %s" % ", ".join(missing[:10]))
     timestamp = now or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     text = render(builder.bom(inputs, timestamp))
     if not check_mode:

@@ -269,6 +269,19 @@ def test_without_os_release_the_image_names_the_os(bundle):
     assert hello["purl"] == "pkg:deb/ubuntu/hello@1:2.0-1?arch=amd64&distro=noble"
 
 
+@pytest.mark.parametrize(("reference", "expected"), [
+    ("ollama/ollama:0.12.3", ("ollama/ollama", "0.12.3")),
+    ("ollama/ollama:0.12.3@sha256:" + "2" * 64, ("ollama/ollama", "0.12.3")),
+    # A digest without a tag: the name without the digest, no tag.
+    ("ollama/ollama@sha256:" + "2" * 64, ("ollama/ollama", None)),
+    # A registry's port is not a tag.
+    ("registry.local:5000/lab/image", ("registry.local:5000/lab/image", None)),
+    ("registry.local:5000/lab/image:v1", ("registry.local:5000/lab/image", "v1")),
+])
+def test_an_image_reference_gives_its_name_and_tag(reference, expected):
+    assert bundle_sbom.split_tag(reference) == expected
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     (OS_RELEASE, ("debian", "trixie")),
     ('ID="ubuntu"\nVERSION_CODENAME="noble"\n', ("ubuntu", "noble")),
