@@ -27,8 +27,9 @@ from .accesslog import AccessLog
 from .config import Settings
 from .images import ImageError, check_data_urls, check_images
 from .limits import Limiter
-from .metrics import Metrics
+from .metrics import Metrics, entries
 from .policy import PolicyError
+from .pool import BackendPool, Member, NoMember
 from .relay import Relay, Watcher, client_gone, sse_events
 from .routes import (
     ADMIN,
@@ -45,7 +46,7 @@ from .routes import (
     canonical_path,
     match,
 )
-from .upstream import Upstream, UpstreamError, UpstreamTimeout
+from .upstream import Upstream, UpstreamError, UpstreamStale, UpstreamTimeout
 from .vision import BackendFailed, OllamaShaper, TranslationError, to_openai
 
 # The only request headers a backend sees (Origin, Referer, Expect, Connection and
@@ -59,6 +60,10 @@ BROWSER_HEADERS = ["Authorization", "Content-Type", "User-Agent", "Accept",
                    "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
                    "x-stainless-poll-helper", "x-stainless-retry-count", "x-stainless-runtime",
                    "x-stainless-runtime-version", "x-stainless-timeout"]
+
+
+# The admin API of the inference hosts (drain for a rolling upgrade): path -> method.
+POOL_API = {b"/gateway/backends": "GET", b"/gateway/drain": "POST", b"/gateway/resume": "POST"}
 
 
 class Refusal(Exception):
@@ -105,7 +110,7 @@ class Gateway:
         vision_models = tuple(entry.model for entry in settings.vision_backends)
         self.metrics = Metrics(fixed_models=(settings.expected_model, *vision_models))
         self.limiter = Limiter(settings.key_limits)
-        self.backend = Upstream(settings.backend_url)
+        self.pool = BackendPool(settings.backends, self.metrics)
         self.vision = {entry.model: (entry, Upstream(entry.url))
                        for entry in settings.vision_backends}
         self.capabilities: dict[str, tuple[float, list]] = {}
@@ -139,34 +144,31 @@ class Gateway:
             elif message["type"] == "lifespan.shutdown":
                 if self._poller:
                     self._poller.cancel()
-                await self.backend.close()
+                await self.pool.close()
                 for _, upstream in self.vision.values():
                     await upstream.close()
                 self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def backend_json(self, path: str, timeout: float = 5) -> dict:
-        answer = await self.backend.request("GET", path, timeout=timeout, idle_timeout=timeout)
-        data = json.loads(await answer.read(limit=16 * 1024 * 1024))
-        if answer.status != 200 or not isinstance(data, dict):
-            raise UpstreamError(f"{path} answered {answer.status}")
-        return data
-
     async def _poll(self) -> None:
-        """Loaded models for the metrics, and the backend's model names for the labels."""
+        """The inference hosts' checks: what each holds and has loaded (for the choice), the
+        models for the metrics and their labels; and whether the vision backends are ready."""
         while True:
             try:
-                self.metrics.record_backend(await self.backend_json("/api/ps"),
-                                            await self.backend_json("/api/tags"))
+                answering = await self.pool.check_all()
+                if answering:
+                    self.metrics.record_models(
+                        [str(model.get("name", "")) for member in answering
+                         for model in entries(member.answers["tags"])],
+                        {"models": [model for member in answering
+                                    for model in entries(member.answers["ps"])]})
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # Any bad answer is a backend that is not well; the poller must outlive it,
-                # or backend_up would stay at its last value.
-                self.metrics.backend_up.labels("ollama").set(0)
-            else:
-                self.metrics.backend_up.labels("ollama").set(1)
+                # The poller must outlive anything, or backend_up would stay at its last value.
+                answering = []
+            self.metrics.backend_up.labels("ollama").set(int(bool(answering)))
             if self.vision:
                 self.metrics.backend_up.labels("vision").set(int(await self._vision_ready()))
             await asyncio.sleep(self.settings.poll_seconds)
@@ -199,7 +201,7 @@ class Gateway:
         cached = self.capabilities.get(model)
         if cached and time.monotonic() - cached[0] < 60:
             return cached[1]
-        answer = await self.backend.request(
+        answer = await self.pool.choose(model).upstream.request(
             "POST", "/api/show", [("content-type", "application/json")],
             gojson.encode({"model": model}), timeout=10, idle_timeout=10)
         data = await answer.read(limit=64 * 1024 * 1024)
@@ -260,6 +262,8 @@ class Call:
                b"/metrics/vision": self.scrape_vision}
         if raw_path in own and self.method == "GET":
             return await own[raw_path]()
+        if raw_path in POOL_API:
+            return await self.pool_api(raw_path)
         try:
             path = canonical_path(raw_path)
             route = match(self.method, path)
@@ -349,12 +353,11 @@ class Call:
 
     async def dispatch(self, route: Route, path: str):
         if route.kind == UPLOAD:  # a model file: passed on as it arrives, never held
-            return await self.relay(self.gateway.backend, path,
-                                    self.arriving(self.settings.limits.max_upload_bytes,
-                                                  total=False), watch=False)
+            return await self.relay(path, self.arriving(self.settings.limits.max_upload_bytes,
+                                                        total=False), watch=False)
         content = await self.body()
         if route.kind == PLAIN:
-            return await self.relay(self.gateway.backend, path, content)
+            return await self.relay(path, content)
         if len(content) > INLINE_BYTES:
             async with self.gateway.heavy:
                 plan = await asyncio.to_thread(self.inspect, route, path, content)
@@ -372,7 +375,7 @@ class Call:
             await self.refuse_text_only()
         elif route.kind == JSON and path == "/api/show" and vision:
             return await self.show_with_vision(plan.forward)
-        return await self.relay(self.gateway.backend, path, plan.forward)
+        return await self.relay(path, plan.forward)
 
     def inspect(self, route: Route, path: str, content: bytes) -> Plan:
         """Read the body as Ollama's Go server will, check it, and decide what to forward:
@@ -402,8 +405,8 @@ class Call:
         entry, upstream = self.gateway.vision[self.model]
         forwarded = {key: value for key, value in request.pairs if gojson.go_fold(key) != "MODEL"}
         forwarded["model"] = entry.upstream_model
-        return await self.relay(upstream, "/v1/chat/completions", gojson.encode(forwarded),
-                                backend_name="vision")
+        return await self.relay("/v1/chat/completions", gojson.encode(forwarded),
+                                backend_name="vision", upstream=upstream)
 
     async def refuse_text_only(self) -> None:
         """A 400 for images to a model that Ollama serves without vision."""
@@ -455,21 +458,17 @@ class Call:
             raise ClientGone()
         return asking.result()
 
-    async def relay(self, upstream: Upstream, target: str, content, watch: bool = True,
-                    backend_name: str = "backend"):
-        """Send the request on and relay the answer as it comes."""
+    async def relay(self, target: str, content, watch: bool = True,
+                    backend_name: str = "backend", upstream: Upstream | None = None):
+        """Send the request on (to `upstream`, else to an inference host of the pool) and
+        relay the answer as it comes."""
         self.metrics.in_flight.inc()
         try:
-            answer = await self.ask(upstream, self.method, target, self.forwarded_headers(),
-                                    content, watch)
-        except UpstreamTimeout as exc:
-            self.metrics.in_flight.dec()
-            raise Refusal(504, f"the {backend_name} is too slow: {exc}",
-                          f"{backend_name}_timeout") from None
-        except UpstreamError as exc:
-            self.metrics.in_flight.dec()
-            raise Refusal(502, f"the {backend_name} is not answering: {exc}",
-                          f"{backend_name}_unreachable") from None
+            if upstream is not None:
+                answer, member = await self.attempt(upstream, target, content, watch,
+                                                    backend_name), None
+            else:
+                answer, member = await self.pooled(target, content, watch)
         except BaseException:
             self.metrics.in_flight.dec()
             raise
@@ -499,16 +498,91 @@ class Call:
         length = answer.header("content-length")
         if length is not None and length.isdigit():
             headers.append((b"content-length", length.encode()))
-        return Relay(answer.status, headers, body(), self.finisher(state, watcher),
+        return Relay(answer.status, headers, body(), self.finisher(state, watcher, member),
                      self.settings.limits.stream_idle_timeout, watch=self.route.slow)
 
-    def finisher(self, state: dict, watcher: Watcher | None):
-        """What happens once a relayed answer is over: metrics, access log, the key's slot."""
+    async def attempt(self, upstream: Upstream, target: str, content, watch: bool,
+                      backend_name: str):
+        """The answer head of one backend; a 504 or 502 refusal when it fails."""
+        try:
+            return await self.ask(upstream, self.method, target, self.forwarded_headers(),
+                                  content, watch)
+        except UpstreamTimeout as exc:
+            raise Refusal(504, f"the {backend_name} is too slow: {exc}",
+                          f"{backend_name}_timeout") from None
+        except UpstreamError as exc:
+            raise Refusal(502, f"the {backend_name} is not answering: {exc}",
+                          f"{backend_name}_unreachable") from None
+
+    async def pooled(self, target: str, content, watch: bool) -> tuple:
+        """The answer head of an inference host, by the pool's choice and retry rule
+        (pool.py): another host when this one could not be reached, closed the connection
+        before answering, or answered 503, as long as the client has had nothing."""
+        pool = self.gateway.pool
+        if self.route.scope == ADMIN and not pool.single:
+            raise Refusal(409, f"{self.label} changes one Ollama's store, and this gateway "
+                               f"fronts {len(pool.members)} inference hosts: load models with "
+                               "deploy.yml (from the bundle), which reaches every host",
+                          "admin_on_pool")
+        retry = self.route.scope != ADMIN and isinstance(content, bytes | bytearray)
+        tried: set[str] = set()
+        while True:
+            try:
+                member = pool.choose(self.model, frozenset(tried))
+            except NoMember as exc:
+                raise Refusal(503, f"{exc}; retry in a few seconds", "backend_unavailable",
+                              {"Retry-After": "5"}) from None
+            tried.add(member.name)
+            answer = await self.attempt_member(member, target, content, watch,
+                                               retry and pool.has_other(frozenset(tried)))
+            if answer is not None:
+                return answer, member
+
+    async def attempt_member(self, member: Member, target: str, content, watch: bool,
+                             may_retry: bool):
+        """One inference host's answer head; None when the request should go to another."""
+        pool = self.gateway.pool
+        pool.acquire(member)
+        try:
+            answer = await self.ask(member.upstream, self.method, target,
+                                    self.forwarded_headers(), content, watch)
+        except UpstreamTimeout as exc:
+            pool.release(member)
+            pool.failed(member, "timeout")
+            raise Refusal(504, f"the backend is too slow: {exc}", "backend_timeout") from None
+        except UpstreamError as exc:
+            pool.release(member)
+            # A kept-alive connection the host closed says nothing about the host.
+            reason = "stale" if isinstance(exc, UpstreamStale) else "unreachable"
+            pool.failed(member, reason, retried=may_retry)
+            if may_retry:
+                return None
+            raise Refusal(502, f"the backend is not answering: {exc}",
+                          "backend_unreachable") from None
+        except BaseException:
+            pool.release(member)
+            raise
+        if answer.status == 503 and may_retry:  # Ollama's queue is full: try another host
+            answer.close()
+            pool.release(member)
+            pool.failed(member, "busy", retried=True)
+            return None
+        return answer
+
+    def finisher(self, state: dict, watcher: Watcher | None, member: Member | None = None):
+        """What happens once a relayed answer is over: metrics, access log, the key's slot,
+        the inference host's count (and, when it answered well, the model it now holds)."""
 
         def finish() -> None:
             self.metrics.in_flight.dec()
             self.release()
             status, model = state["status"], self.metrics.model(self.model)
+            if member is not None:
+                self.gateway.pool.release(member)
+                if status == 200:
+                    self.gateway.pool.served(member, self.model)
+                elif state.get("reason"):
+                    self.gateway.pool.failed(member, "broke_stream")
             self.metrics.duration.labels(self.label, model, str(status)).observe(
                 time.perf_counter() - self.started)
             if status >= 400:
@@ -604,7 +678,7 @@ class Call:
         takes images, so its capabilities say "vision" (clients and probes look there)."""
         timeout, idle = self.timeouts()
         try:
-            answer = await self.gateway.backend.request(
+            answer = await self.gateway.pool.choose(self.model).upstream.request(
                 "POST", "/api/show", [("content-type", "application/json")], content,
                 timeout=timeout, idle_timeout=idle)
             data = await answer.read()
@@ -639,14 +713,46 @@ class Call:
         return JSONResponse(body, status_code=status)
 
     async def _readiness(self) -> tuple[int, dict]:
-        try:
-            tags = await self.gateway.backend_json("/api/tags")
-        except (UpstreamError, ValueError):
+        """Ready when an inference host that is not drained answers /api/tags with the
+        expected model (all of them are asked at once)."""
+        pool = self.gateway.pool
+        answers = await asyncio.gather(
+            *(pool.read_json(member, "/api/tags") for member in pool.members
+              if not member.draining), return_exceptions=True)
+        stores = [entries(answer) for answer in answers if isinstance(answer, dict)]
+        if not stores:
             return 503, {"status": "not ready", "error": "the backend is not answering"}
-        names = [m.get("name") for m in tags.get("models", []) if isinstance(m, dict)]
-        if self.settings.expected_model and self.settings.expected_model not in names:
+        expected = self.settings.expected_model
+        if expected and not any(expected == model.get("name") for store in stores
+                                for model in store):
             return 503, {"status": "not ready", "error": "the backend lacks the expected model"}
         return 200, {"status": "ready"}
+
+    async def pool_api(self, raw_path: bytes) -> Response:
+        """Admin keys only: the inference hosts' state (GET /gateway/backends), or one of them
+        drained or resumed (POST /gateway/drain or /gateway/resume, {"backend": NAME}). A
+        drained host gets no new request; its requests in flight finish."""
+        self.label = raw_path.decode("ascii")
+        if self.method != POOL_API[raw_path]:
+            raise Refusal(405, f"{self.label} takes {POOL_API[raw_path]}", "method_not_allowed",
+                          {"Allow": POOL_API[raw_path]})
+        self.authenticate(ADMIN)
+        pool = self.gateway.pool
+        if self.method == "GET":
+            return JSONResponse({"backends": pool.states()})
+        try:
+            request = json.loads(await self.body())
+        except ValueError:
+            raise Refusal(400, "the body must be JSON: {\"backend\": NAME}", "bad_body") from None
+        if not isinstance(request, dict) or set(request) != {"backend"} or \
+                not isinstance(request["backend"], str):
+            raise Refusal(400, "the body must be {\"backend\": NAME}, nothing else", "bad_body")
+        if request["backend"] not in pool.by_name:
+            raise Refusal(404, f"no backend named {request['backend']!r}; this gateway has "
+                               f"{sorted(pool.by_name)}", "not_found")
+        member = pool.drain(request["backend"], draining=raw_path == b"/gateway/drain")
+        self.gateway.access(self.key.name, self.method, self.label, "", 200, self.started, None)
+        return JSONResponse({"backend": member.state()})
 
     async def scrape(self) -> Response:
         self.label = "/metrics"

@@ -12,6 +12,7 @@ from .auth import ApiKey, Keyring
 from .images import ImageLimits
 from .limits import KeyLimits
 from .policy import InferencePolicy
+from .pool import MAX_MEMBERS, NAME, BackendSpec
 from .routes import INFERENCE, SCOPES
 from .vision import VisionBackend
 
@@ -38,13 +39,15 @@ class ServerLimits:
     max_upload_bytes: int = 64 * 1024 ** 3  # one /api/blobs upload (a model file)
 
 
-KNOWN = {"backend_url", "keys", "cors_origins", "max_body_bytes", "expected_model", "images",
-         "key_limits", "poll_seconds", "vision_backends", "tls", "inference_policy", "limits"}
+KNOWN = {"backend_url", "backends", "keys", "cors_origins", "max_body_bytes", "expected_model",
+         "images", "key_limits", "poll_seconds", "vision_backends", "tls", "inference_policy",
+         "limits"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    backend_url: str = "http://ollama:11434"
+    # The inference hosts' Ollama, one or more (`backends`), or one by `backend_url`.
+    backends: tuple[BackendSpec, ...] = (BackendSpec("ollama", "http://ollama:11434"),)
     keyring: Keyring = field(default_factory=lambda: Keyring([]))
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024 * 1024
@@ -78,13 +81,9 @@ class Settings:
         tls = raw.get("tls") or {}
         if bool(tls.get("certfile")) != bool(tls.get("keyfile")):
             raise ConfigError("tls needs both 'certfile' and 'keyfile' (or neither)")
-        backend_url = str(raw.get("backend_url", cls.backend_url))
-        if not backend_url.startswith("http://"):
-            raise ConfigError("backend_url must be http://host:port (Ollama on the stack's "
-                              "internal network)")
         try:
             return cls(
-                backend_url=backend_url.rstrip("/"),
+                backends=_backends(raw),
                 keyring=Keyring([_key(index, entry)
                                  for index, entry in enumerate(raw.get("keys", []))]),
                 cors_origins=tuple(_origin(origin) for origin in raw.get("cors_origins", [])),
@@ -103,6 +102,39 @@ class Settings:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"gateway configuration: {exc}") from None
+
+
+def _backends(raw: dict) -> tuple[BackendSpec, ...]:
+    """`backends` (a list of {name, url, parallel}), or the one `backend_url`."""
+    if "backends" in raw and "backend_url" in raw:
+        raise ConfigError("give 'backends' or 'backend_url', not both")
+    if "backends" not in raw:
+        url = str(raw.get("backend_url", Settings.backends[0].url))
+        return (_backend({"name": "ollama", "url": url}),)
+    entries = raw["backends"]
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_MEMBERS:
+        raise ConfigError(f"backends must list 1 to {MAX_MEMBERS} inference hosts")
+    specs = tuple(_backend(entry) for entry in entries)
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"backends: every name must be different, got {names}")
+    return specs
+
+
+def _backend(entry: dict) -> BackendSpec:
+    if not isinstance(entry, dict) or set(entry) - {"name", "url", "parallel"}:
+        raise ConfigError(f"backend {entry!r}: give 'name', 'url' and optionally 'parallel'")
+    name, url = str(entry.get("name", "")), str(entry.get("url", ""))
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"backend name {name!r}: 1 to 63 letters, digits, '.', '_' or '-'")
+    if not re.fullmatch(r"http://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", url) and \
+            not re.fullmatch(r"http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?", url):
+        raise ConfigError(f"backend {name!r}: url must be http://host:port (Ollama on the "
+                          f"stack's network or the site network), got {url!r}")
+    parallel = entry.get("parallel", 1)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= 1024:
+        raise ConfigError(f"backend {name!r}: parallel must be a whole number from 1 to 1024")
+    return BackendSpec(name=name, url=url.rstrip("/"), parallel=parallel)
 
 
 def _key(index: int, entry: dict) -> ApiKey:

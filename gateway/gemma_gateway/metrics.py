@@ -56,10 +56,12 @@ class Metrics:
                               registry=r)
         self.auth_failures = Counter("gateway_auth_failures", "Refused keys by reason",
                                      ["reason"], registry=r)
-        self.loaded = Gauge("gateway_model_loaded", "Models the backend holds in memory",
+        self.loaded = Gauge("gateway_model_loaded",
+                            "Inference hosts holding the model in memory",
                             ["model"], registry=r)
         self.loaded_bytes = Gauge("gateway_model_memory_bytes",
-                                  "Memory of each loaded model (backend's /api/ps)",
+                                  "Memory of each loaded model over the inference hosts "
+                                  "(their /api/ps)",
                                   ["model"], registry=r)
         self.available = Gauge("gateway_models_available", "Models in the backend's store",
                                registry=r)
@@ -67,6 +69,28 @@ class Metrics:
         self.backend_up = Gauge("gateway_backend_up",
                                 "1 when the backend answered the gateway's last poll, else 0",
                                 ["backend"], registry=r)
+        # Per inference host (the configured backends' names: a fixed set).
+        self.pool_up = Gauge("gateway_pool_backend_up",
+                             "1 when the inference host takes requests (answering its checks, "
+                             "not ejected, not drained)", ["backend"], registry=r)
+        self.pool_draining = Gauge("gateway_pool_backend_draining",
+                                   "1 while the inference host is drained", ["backend"],
+                                   registry=r)
+        self.pool_in_flight = Gauge("gateway_pool_backend_in_flight",
+                                    "Requests outstanding at the inference host", ["backend"],
+                                    registry=r)
+        self.pool_requests = Counter("gateway_pool_backend_requests",
+                                     "Requests sent to the inference host", ["backend"],
+                                     registry=r)
+        self.pool_errors = Counter("gateway_pool_backend_errors",
+                                   "Requests the inference host failed, by reason",
+                                   ["backend", "reason"], registry=r)
+        self.pool_retries = Counter("gateway_pool_backend_retries",
+                                    "Requests sent on to another host after this one failed "
+                                    "before answering", ["backend"], registry=r)
+        self.pool_ejections = Counter("gateway_pool_backend_ejections",
+                                      "Times the inference host was taken out after a "
+                                      "connection failed", ["backend"], registry=r)
 
     def model(self, name: str) -> str:
         """The label for a model name: itself when the backend has it, else "other"."""
@@ -74,15 +98,19 @@ class Metrics:
 
     def record_backend(self, ps: dict, tags: dict) -> None:
         """What the poller read from /api/ps and /api/tags (the backend's own names)."""
-        names = [str(model.get("name", "")) for model in entries(tags)]
+        self.record_models([str(model.get("name", "")) for model in entries(tags)], ps)
+
+    def record_models(self, names: list[str], ps: dict) -> None:
+        """The model names the backends' stores hold, and what their /api/ps say."""
         self.known_models = self.fixed_models | frozenset(name for name in names if name)
         self.loaded.clear()
         self.loaded_bytes.clear()
         for model in entries(ps):
             label = self.model(str(model.get("name", "")))
             size = model.get("size")
-            self.loaded.labels(label).set(1)
-            self.loaded_bytes.labels(label).set(
+            # Summed over the inference hosts: on how many it is loaded, and their memory.
+            self.loaded.labels(label).inc()
+            self.loaded_bytes.labels(label).inc(
                 size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0)
         self.available.set(len(names))
 

@@ -33,6 +33,11 @@ class UpstreamError(Exception):
     """The backend could not be reached or broke the HTTP exchange (a 502)."""
 
 
+class UpstreamStale(UpstreamError):
+    """A kept-alive connection was closed by the backend before it read the request (its
+    idle timeout): the backend is well, the request was not re-sent (a 502)."""
+
+
 class UpstreamTimeout(UpstreamError):
     """The backend did not answer, or stopped sending, in time (a 504)."""
 
@@ -328,7 +333,7 @@ class Upstream:
                                             timeout, idle_timeout)
             except _Stale:
                 if method not in IDEMPOTENT:
-                    raise UpstreamError("the backend closed a kept-alive connection before "
+                    raise UpstreamStale("the backend closed a kept-alive connection before "
                                         "answering; the request was not re-sent") from None
         connection = await self._connect()
         try:

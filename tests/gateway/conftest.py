@@ -31,7 +31,8 @@ class Gateway:
         self.port = free_port()
         scheme = "https" if overrides.get("tls") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        config = {"backend_url": backend_url, "cors_origins": ["https://chat.example.internal"],
+        target = {} if "backends" in overrides else {"backend_url": backend_url}
+        config = {**target, "cors_origins": ["https://chat.example.internal"],
                   "expected_model": "gemma3:270m",
                   "keys": [{"name": "team-a", "sha256": hash_key(INFERENCE_KEY),
                             "scopes": ["inference"]},

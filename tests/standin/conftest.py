@@ -60,8 +60,8 @@ class StandIn:
     """The stand-in as the image runs it: the Go front, which starts the engine
     (here from .venv, with the real llama.cpp)."""
 
-    def __init__(self, models: Path, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, models: Path, *, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = models
         environment = {**os.environ, "OLLAMA_NUM_THREADS": "2", **env,
