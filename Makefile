@@ -182,6 +182,7 @@ bench: setup
 	command -v nginx >/dev/null && command -v wrk >/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk
 	$(BIN)/python benchmarks/bench_gateway.py
+	$(BIN)/python benchmarks/bench_pool.py
 	test -f $(LAB_BUNDLE)/bundle.json || $(MAKE) prepare
 	$(BIN)/python benchmarks/bench_sync.py --bundle $(LAB_BUNDLE)
 	$(BIN)/python benchmarks/bench_backup.py
