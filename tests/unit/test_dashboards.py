@@ -46,7 +46,7 @@ UIDS = {"overview.json": "gemma-airgap-overview", "host.json": "gemma-airgap-hos
 # older ones are indifferent. So 41 loads the same everywhere from 11.x on.
 SCHEMA_VERSION = 41
 # Enough panels to answer "what is wrong", few enough to read on one screen or two.
-PANELS_PER_DASHBOARD = range(8, 15)
+PANELS_PER_DASHBOARD = range(8, 17)
 
 # What Grafana puts in for its own variables: $__rate_interval is at least four scrape
 # intervals (15 s here), and the lab evaluates the queries over 5 minutes like the rules.
@@ -488,8 +488,14 @@ def contract_series(errors: bool) -> list[dict]:
         _gauge("gateway_models_available", gateway, 2),
         _gauge("gateway_backend_up", {**gateway, "backend": "ollama"}),
         _gauge("gateway_backend_up", {**gateway, "backend": "vision"}),
+        _gauge("gateway_pool_backend_in_flight", {**gateway, "backend": "ollama"}),
+        _counter("gateway_pool_backend_requests_total", {**gateway, "backend": "ollama"}),
     ]
     if errors:
+        pool = {**gateway, "backend": "ollama"}
+        series += [_counter("gateway_pool_backend_errors_total", {**pool, "reason": "busy"}),
+                   _counter("gateway_pool_backend_retries_total", pool),
+                   _counter("gateway_pool_backend_ejections_total", pool)]
         series += _histogram("gateway_request_duration_seconds", {**chat, "status": "503"},
                              ("0.5", "1", "5"))
         series += [_counter("gateway_errors_total", {**gateway, "reason": reason})

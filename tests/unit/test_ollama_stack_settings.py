@@ -29,7 +29,8 @@ def play(tmp_path: Path, tasks: str, **variables) -> subprocess.CompletedProcess
     (tmp_path / "play.yml").write_text(f"""
 - hosts: localhost
   gather_facts: false
-  vars_files: [{SHARED}/defaults/main.yml, {ROLE}/defaults/main.yml, {tmp_path}/vars.json]
+  vars_files: [{SHARED}/defaults/main.yml, {ROLE}/defaults/main.yml, {ROLE}/vars/main.yml,
+               {tmp_path}/vars.json]
   tasks:
 {tasks}
 """)

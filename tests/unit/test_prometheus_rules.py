@@ -25,7 +25,7 @@ CONTRACT_ALERTS = {
     "BackendDown", "VisionDown", "GatewayDown", "TargetDown", "ErrorRatioHigh",
     "TimeToFirstTokenSlow", "QueueSaturated", "DiskFilling", "MemoryPressure", "GpuMemoryHigh",
     "GpuXidErrors", "StackUnhealthy", "ContainerRestartsRepeating", "BackupMissing",
-    "CertificateExpiring",
+    "CertificateExpiring", "InferenceHostOut",
 }
 CONTRACT_RECORDS = {
     "instance_endpoint_model:gateway_request_duration_seconds:p50_5m",
