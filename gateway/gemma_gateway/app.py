@@ -28,7 +28,7 @@ from .config import Settings
 from .images import ImageError, check_data_urls, check_images
 from .limits import Limiter
 from .metrics import Metrics, entries
-from .policy import PolicyError
+from .policy import PolicyError, keep_alive_seconds
 from .pool import BackendPool, Member, NoMember
 from .relay import Relay, Watcher, client_gone, sse_events
 from .routes import (
@@ -46,7 +46,13 @@ from .routes import (
     canonical_path,
     match,
 )
-from .upstream import Upstream, UpstreamError, UpstreamStale, UpstreamTimeout
+from .upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamStale,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from .vision import BackendFailed, OllamaShaper, TranslationError, to_openai
 
 # The only request headers a backend sees (Origin, Referer, Expect, Connection and
@@ -64,6 +70,24 @@ BROWSER_HEADERS = ["Authorization", "Content-Type", "User-Agent", "Accept",
 
 # The admin API of the inference hosts (drain for a rolling upgrade): path -> method.
 POOL_API = {b"/gateway/backends": "GET", b"/gateway/drain": "POST", b"/gateway/resume": "POST"}
+
+
+def _unloads(body: dict | None) -> bool:
+    """The request asks Ollama to unload its model once it has answered (keep_alive 0)."""
+    if not body or body.get("keep_alive") is None:
+        return False
+    try:
+        return keep_alive_seconds(body["keep_alive"]) == 0
+    except PolicyError:
+        return False
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json.loads' object hook: a key given twice is refused (which one would count?)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key is given twice")
+    return found
 
 
 class Refusal(Exception):
@@ -118,6 +142,7 @@ class Gateway:
         self.heavy = asyncio.Semaphore(2)
         self.access_log = AccessLog()
         self._readiness: tuple[float, int, dict] = (0.0, 503, {})
+        self._readiness_check: asyncio.Future | None = None
 
     def asgi(self):
         """The app as served: CORS for the configured origins around the gateway."""
@@ -150,6 +175,29 @@ class Gateway:
                 self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def readiness(self) -> tuple[int, dict]:
+        """The readiness check in progress, or a new one."""
+        if self._readiness_check is None or self._readiness_check.done():
+            self._readiness_check = asyncio.ensure_future(self._check_readiness())
+        status, body = await asyncio.shield(self._readiness_check)
+        self._readiness = (time.monotonic(), status, body)
+        return status, body
+
+    async def _check_readiness(self) -> tuple[int, dict]:
+        """Ready when an inference host that is not drained answers /api/tags with the
+        expected model (all of them are asked at once)."""
+        answers = await asyncio.gather(
+            *(self.pool.read_json(member, "/api/tags") for member in self.pool.members
+              if not member.draining), return_exceptions=True)
+        stores = [entries(answer) for answer in answers if isinstance(answer, dict)]
+        if not stores:
+            return 503, {"status": "not ready", "error": "the backend is not answering"}
+        expected = self.settings.expected_model
+        if expected and not any(expected == model.get("name") for store in stores
+                                for model in store):
+            return 503, {"status": "not ready", "error": "the backend lacks the expected model"}
+        return 200, {"status": "ready"}
 
     async def _poll(self) -> None:
         """The inference hosts' checks: what each holds and has loaded (for the choice), the
@@ -237,6 +285,8 @@ class Call:
         self.label = "unrouted"
         self.model = ""
         self.released = True
+        self.replays = 0
+        self.generated = False   # an inference that leaves its model loaded where it ran
 
     # --- the way in ----------------------------------------------------------------------
 
@@ -364,6 +414,7 @@ class Call:
         else:
             plan = self.inspect(route, path, content)
         self.model = plan.model
+        self.generated = route.slow and route.scope == INFERENCE and not _unloads(plan.body)
         vision = self.model in self.gateway.vision
         if route.kind == GENERATE and plan.formats:
             if vision:
@@ -526,6 +577,7 @@ class Call:
                           "admin_on_pool")
         retry = self.route.scope != ADMIN and isinstance(content, bytes | bytearray)
         tried: set[str] = set()
+        self.replays = 0
         while True:
             try:
                 member = pool.choose(self.model, frozenset(tried))
@@ -533,8 +585,9 @@ class Call:
                 raise Refusal(503, f"{exc}; retry in a few seconds", "backend_unavailable",
                               {"Retry-After": "5"}) from None
             tried.add(member.name)
-            answer = await self.attempt_member(member, target, content, watch,
-                                               retry and pool.has_other(frozenset(tried)))
+            answer = await self.attempt_member(
+                member, target, content, watch,
+                retry and pool.has_other(self.model, frozenset(tried)))
             if answer is not None:
                 return answer, member
 
@@ -554,6 +607,12 @@ class Call:
             pool.release(member)
             # A kept-alive connection the host closed says nothing about the host.
             reason = "stale" if isinstance(exc, UpstreamStale) else "unreachable"
+            # A host that was never reached never saw the request: try the next, whatever
+            # their number. One that took it and then failed may have failed because of it
+            # (a prompt that exhausts its memory): it is sent again once, not to every host.
+            replay = not isinstance(exc, UpstreamUnreachable)
+            may_retry = may_retry and not (replay and self.replays)
+            self.replays += replay and may_retry
             pool.failed(member, reason, retried=may_retry)
             if may_retry:
                 return None
@@ -579,7 +638,7 @@ class Call:
             status, model = state["status"], self.metrics.model(self.model)
             if member is not None:
                 self.gateway.pool.release(member)
-                if status == 200:
+                if status == 200 and self.generated:
                     self.gateway.pool.served(member, self.model)
                 elif state.get("reason"):
                     self.gateway.pool.failed(member, "broke_stream")
@@ -682,6 +741,9 @@ class Call:
                 "POST", "/api/show", [("content-type", "application/json")], content,
                 timeout=timeout, idle_timeout=idle)
             data = await answer.read()
+        except NoMember as exc:
+            raise Refusal(503, f"{exc}; retry in a few seconds", "backend_unavailable",
+                          {"Retry-After": "5"}) from None
         except UpstreamError as exc:
             raise Refusal(502, f"the backend is not answering: {exc}",
                           "backend_unreachable") from None
@@ -705,28 +767,12 @@ class Call:
 
     async def readyz(self) -> Response:
         """Anonymous: ready or not, never where the backend is or what it holds. The answer
-        is kept for a second, so anonymous clients cannot make the backend work for them."""
+        is kept for a second, and one check serves every request that waits for it, so
+        anonymous clients cannot make the backends work for them."""
         stamp, status, body = self.gateway._readiness
         if time.monotonic() - stamp > 1.0:
-            status, body = await self._readiness()
-            self.gateway._readiness = (time.monotonic(), status, body)
+            status, body = await self.gateway.readiness()
         return JSONResponse(body, status_code=status)
-
-    async def _readiness(self) -> tuple[int, dict]:
-        """Ready when an inference host that is not drained answers /api/tags with the
-        expected model (all of them are asked at once)."""
-        pool = self.gateway.pool
-        answers = await asyncio.gather(
-            *(pool.read_json(member, "/api/tags") for member in pool.members
-              if not member.draining), return_exceptions=True)
-        stores = [entries(answer) for answer in answers if isinstance(answer, dict)]
-        if not stores:
-            return 503, {"status": "not ready", "error": "the backend is not answering"}
-        expected = self.settings.expected_model
-        if expected and not any(expected == model.get("name") for store in stores
-                                for model in store):
-            return 503, {"status": "not ready", "error": "the backend lacks the expected model"}
-        return 200, {"status": "ready"}
 
     async def pool_api(self, raw_path: bytes) -> Response:
         """Admin keys only: the inference hosts' state (GET /gateway/backends), or one of them
@@ -741,9 +787,10 @@ class Call:
         if self.method == "GET":
             return JSONResponse({"backends": pool.states()})
         try:
-            request = json.loads(await self.body())
-        except ValueError:
-            raise Refusal(400, "the body must be JSON: {\"backend\": NAME}", "bad_body") from None
+            request = json.loads(await self.body(), object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError):
+            raise Refusal(400, "the body must be JSON: {\"backend\": NAME}, each key once",
+                          "bad_body") from None
         if not isinstance(request, dict) or set(request) != {"backend"} or \
                 not isinstance(request["backend"], str):
             raise Refusal(400, "the body must be {\"backend\": NAME}, nothing else", "bad_body")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .auth import ApiKey, Keyring
 from .images import ImageLimits
@@ -127,14 +129,33 @@ def _backend(entry: dict) -> BackendSpec:
     name, url = str(entry.get("name", "")), str(entry.get("url", ""))
     if not NAME.fullmatch(name):
         raise ConfigError(f"backend name {name!r}: 1 to 63 letters, digits, '.', '_' or '-'")
-    if not re.fullmatch(r"http://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", url) and \
-            not re.fullmatch(r"http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?", url):
+    if not _plain_http(url):
         raise ConfigError(f"backend {name!r}: url must be http://host:port (Ollama on the "
                           f"stack's network or the site network), got {url!r}")
     parallel = entry.get("parallel", 1)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= 1024:
         raise ConfigError(f"backend {name!r}: parallel must be a whole number from 1 to 1024")
     return BackendSpec(name=name, url=url.rstrip("/"), parallel=parallel)
+
+
+def _plain_http(url: str) -> bool:
+    """http://host[:port][/]: a name (letters, digits, '.', '_', '-'), an IPv4 address or a
+    bracketed IPv6 one, a port from 1 to 65535; nothing else (no user, path or query)."""
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme != "http" or not host or parts.username is not None or \
+            parts.path not in ("", "/") or parts.query or parts.fragment or port == 0:
+        return False
+    if parts.netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", host) is not None
 
 
 def _key(index: int, entry: dict) -> ApiKey:

@@ -57,7 +57,7 @@ class Metrics:
         self.auth_failures = Counter("gateway_auth_failures", "Refused keys by reason",
                                      ["reason"], registry=r)
         self.loaded = Gauge("gateway_model_loaded",
-                            "Inference hosts holding the model in memory",
+                            "1 when an inference host holds the model in memory",
                             ["model"], registry=r)
         self.loaded_bytes = Gauge("gateway_model_memory_bytes",
                                   "Memory of each loaded model over the inference hosts "
@@ -102,17 +102,19 @@ class Metrics:
 
     def record_models(self, names: list[str], ps: dict) -> None:
         """The model names the backends' stores hold, and what their /api/ps say."""
-        self.known_models = self.fixed_models | frozenset(name for name in names if name)
+        # At most 1000 names, as one backend's list is, however many hosts there are.
+        listed = list(dict.fromkeys(name for name in names if name))[:1000]
+        self.known_models = self.fixed_models | frozenset(listed)
         self.loaded.clear()
         self.loaded_bytes.clear()
         for model in entries(ps):
             label = self.model(str(model.get("name", "")))
             size = model.get("size")
-            # Summed over the inference hosts: on how many it is loaded, and their memory.
-            self.loaded.labels(label).inc()
+            # Loaded on any inference host; its memory summed over them.
+            self.loaded.labels(label).set(1)
             self.loaded_bytes.labels(label).inc(
                 size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0)
-        self.available.set(len(names))
+        self.available.set(len({name for name in names if name}))
 
     def record_final(self, model: str, final: dict) -> None:
         """Ollama's final stream object (or non-streamed answer): tokens and durations."""

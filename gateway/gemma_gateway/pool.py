@@ -139,17 +139,8 @@ class BackendPool:
 
     def choose(self, model: str = "", tried: frozenset[str] = frozenset()) -> Member:
         """The member for a request for `model` ('' for one about no model); NoMember."""
-        now = time.monotonic()
         key = model_key(model) if model else ""
-        open_ = [m for m in self.members if m.name not in tried and not m.draining]
-        candidates = [m for m in open_ if m.usable(now)]
-        if not candidates and not tried:
-            # Every check failed or every member is ejected: the checks may be stale, and a
-            # try costs a refused connection, while a refusal costs the client its request.
-            candidates = open_
-        if key:
-            holders = [m for m in candidates if m.holds(key)]
-            candidates = holders or candidates
+        candidates = self._candidates(key, tried)
         if not candidates:
             raise NoMember(self._why_none(tried))
         start = next(self._turn) % len(candidates)
@@ -161,10 +152,27 @@ class BackendPool:
                 return min(group, key=lambda m: m.outstanding)
         raise AssertionError("unreachable: rotated is not empty")
 
-    def has_other(self, tried: frozenset[str]) -> bool:
+    def has_other(self, model: str, tried: frozenset[str]) -> bool:
         """Another member could take the request (for the retry rule)."""
+        return bool(self._candidates(model_key(model) if model else "", tried))
+
+    def _candidates(self, key: str, tried: frozenset[str]) -> list[Member]:
         now = time.monotonic()
-        return any(m.name not in tried and m.usable(now) for m in self.members)
+        open_ = [m for m in self.members if m.name not in tried and not m.draining]
+        candidates = [m for m in open_ if m.usable(now)]
+        if not candidates and not tried:
+            # Every check failed or every member is ejected: the checks may be stale, and a
+            # try costs a refused connection, while a refusal costs the client its request.
+            candidates = open_
+        if not key:
+            return candidates
+        holders = [m for m in candidates if m.holds(key)]
+        if tried and any(m.store is not None for m in self.members):
+            # A retry goes only where the model is: another host's 404 would hide the
+            # first one's failure (the client gets a 503 to retry instead).
+            return holders
+        # A model nobody lists goes anywhere: the host's own 404 then says so.
+        return holders or candidates
 
     def _why_none(self, tried: frozenset[str]) -> str:
         drained = sum(m.draining for m in self.members)
@@ -180,9 +188,9 @@ class BackendPool:
         member.outstanding -= 1
         self.metrics.pool_in_flight.labels(member.name).set(member.outstanding)
 
-    def served(self, member: Member, model: str) -> None:
-        """It answered a request for `model`: the model is loaded there now."""
-        member.ejections = 0
+    @staticmethod
+    def served(member: Member, model: str) -> None:
+        """It generated for `model`: the model is loaded there now (until its next check)."""
         if model:
             member.loaded.add(model_key(model))
 
@@ -196,6 +204,10 @@ class BackendPool:
             self.eject(member)
 
     def eject(self, member: Member) -> None:
+        """Take it out until a check finds it answering. The requests that were in flight
+        when it went fail together: one ejection, not one per request."""
+        if time.monotonic() < member.ejected_until:
+            return
         self._back_off(member)
         self.metrics.pool_ejections.labels(member.name).inc()
         self._publish(member)
@@ -206,8 +218,13 @@ class BackendPool:
         """Bring an ejected member back as soon as it answers its checks again."""
         while True:
             await asyncio.sleep(max(0.0, member.ejected_until - time.monotonic()))
-            if await self.check(member):
+            ejected_until = member.ejected_until
+            answered = await self.check(member)
+            if member.ejected_until != ejected_until:
+                continue  # a request failed there during the check: that ejection stands
+            if answered:
                 member.ejected_until = 0.0
+                member.ejections = 0
                 self._publish(member)
                 return
             self._back_off(member)

@@ -33,9 +33,13 @@ class UpstreamError(Exception):
     """The backend could not be reached or broke the HTTP exchange (a 502)."""
 
 
+class UpstreamUnreachable(UpstreamError):
+    """No connection to the backend could be made: it never saw the request (a 502)."""
+
+
 class UpstreamStale(UpstreamError):
     """A kept-alive connection was closed by the backend before it read the request (its
-    idle timeout): the backend is well, the request was not re-sent (a 502)."""
+    idle timeout, most likely): the backend is well (a 502)."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -280,7 +284,7 @@ class Upstream:
             _transport, connection = await asyncio.wait_for(
                 loop.create_connection(_Connection, self.host, self.port), self.connect_timeout)
         except (TimeoutError, OSError) as exc:
-            raise UpstreamError(f"cannot connect: {exc or type(exc).__name__}") from None
+            raise UpstreamUnreachable(f"cannot connect: {exc or type(exc).__name__}") from None
         return connection
 
     def _give_back(self, connection: _Connection) -> None:
@@ -334,7 +338,7 @@ class Upstream:
             except _Stale:
                 if method not in IDEMPOTENT:
                     raise UpstreamStale("the backend closed a kept-alive connection before "
-                                        "answering; the request was not re-sent") from None
+                                        "answering (its idle timeout?)") from None
         connection = await self._connect()
         try:
             return await self._exchange(connection, method, encoded, body, streamed, timeout,

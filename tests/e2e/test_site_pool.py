@@ -83,6 +83,12 @@ def site(tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "lab" / "labctl.py"), "control"],
                    env=dict(os.environ, LAB_TARGETS="1"), check=False)
     deploy("--tags=stack,gateway,health")
+    # Standalone again: Ollama published nowhere, no rule, no unit.
+    ports = docker("exec", TARGET, "docker", "ps", "--format", "{{.Names}} {{.Ports}}").stdout
+    assert "11434" not in ports, ports
+    assert "GEMMA-AIRGAP" not in docker("exec", TARGET, "iptables", "-S").stdout
+    assert docker("exec", TARGET, "test", "-e", f"/etc/systemd/system/{FIREWALL_UNIT}",
+                  check=False).returncode != 0
 
 
 def backends(gateway: str) -> dict[str, dict]:

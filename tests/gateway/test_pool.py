@@ -96,7 +96,7 @@ def test_a_retry_never_goes_back_to_a_host_already_tried():
     assert second.name != first.name
     with pytest.raises(NoMember, match="2 already tried"):
         pool.choose("m", frozenset({"a", "b"}))
-    assert not pool.has_other(frozenset({"a", "b"}))
+    assert not pool.has_other("m", frozenset({"a", "b"}))
 
 
 @pytest.mark.parametrize("backends, message", [
@@ -235,9 +235,10 @@ def test_a_host_killed_under_load_costs_no_request_and_comes_back(hosts, standin
             for worker in workers:
                 worker.result()
         assert failures == [], [answer.text for answer in failures]
-        assert metric(gateway, "gateway_pool_backend_ejections_total", backend="llm-a") >= 1
-        assert backends_state(gateway)["llm-a"]["answering"] is False or \
-            backends_state(gateway)["llm-a"]["ejected_seconds"] > 0
+        # Out of the pool: ejected by a request that failed there (retried elsewhere: none
+        # failed), or found down by a check first.
+        state = backends_state(gateway)["llm-a"]
+        assert state["answering"] is False or state["ejected_seconds"] > 0, state
         # Back on its port: the checks find it, and it serves again.
         hosts["llm-a"] = victim = StandIn(standin.models, port=victim.port)
         wait_for(lambda: backends_state(gateway)["llm-a"]["answering"] and
@@ -332,8 +333,9 @@ def test_the_pool_admin_api_refuses_what_it_should(hosts, tmp_path, method, path
 
 # --- hosts that misbehave: retry only before the first byte -------------------------------------
 
-def ollama_like(generate_reply):
-    """A scripted Ollama: /api/ps and /api/tags answer well, generate as `generate_reply`."""
+def ollama_like(generate_reply, warm: bool = True):
+    """A scripted Ollama: /api/tags and (when `warm`) /api/ps list the lab model, and so does
+    anything else but generate (/api/show too), which answers as `generate_reply`."""
     tags = json.dumps({"models": [{"name": MODEL}]}).encode()
 
     def answer(body: bytes) -> bytes:
@@ -345,6 +347,9 @@ def ollama_like(generate_reply):
             last = scripted.requests[-1]
             if last.startswith(b"POST /api/generate"):
                 await generate_reply(writer)
+            elif last.startswith(b"GET /api/ps") and not warm:
+                writer.write(answer(b'{"models": []}'))   # nothing loaded until it generates
+                await writer.drain()
             else:
                 writer.write(answer(tags))
                 await writer.drain()
@@ -352,8 +357,8 @@ def ollama_like(generate_reply):
     return answer, reply_for
 
 
-def scripted_host(generate_reply) -> Scripted:
-    _answer, reply_for = ollama_like(generate_reply)
+def scripted_host(generate_reply, warm: bool = True) -> Scripted:
+    _answer, reply_for = ollama_like(generate_reply, warm)
     scripted = Scripted()
     scripted.reply = reply_for(scripted)
     return scripted
@@ -481,3 +486,189 @@ def test_a_host_that_never_answered_its_check_gets_nothing(tmp_path):
     finally:
         gateway.stop()
         good.__exit__()
+
+
+# --- what a hostile review found ----------------------------------------------------------------
+
+def test_a_burst_of_failures_is_one_short_ejection_and_a_good_check_forgives_it():
+    async def scenario():
+        good = scripted_host(answers)
+        url = good.__enter__()
+        metrics = Metrics()
+        pool = BackendPool((BackendSpec("a", url), BackendSpec("b", "http://127.0.0.1:9")),
+                           metrics)
+        member = pool.by_name["a"]
+        for _ in range(20):   # every request that was in flight fails at once
+            pool.failed(member, "unreachable", retried=True)
+        ejected_for = member.ejected_until - time.monotonic()
+        assert 0 < ejected_for <= 2.0
+        count = metrics.pool_ejections.labels("a")._value.get()
+        await asyncio.sleep(2.5)   # the recheck finds it answering
+        back = member.usable(time.monotonic()), member.ejections
+        await pool.close()
+        good.__exit__()
+        return count, back
+
+    count, back = asyncio.run(scenario())
+    assert count == 1
+    assert back == (True, 0)
+
+
+def test_the_model_metrics_count_models_not_hosts():
+    metrics = Metrics()
+    tags = [{"name": "a:1"}, {"name": "b:1"}]
+    metrics.record_models([model["name"] for model in tags * 3],
+                          {"models": [{"name": "a:1", "size": 10}, {"name": "a:1", "size": 5}]})
+    assert metrics.available._value.get() == 2
+    assert metrics.loaded.labels("a:1")._value.get() == 1
+    assert metrics.loaded_bytes.labels("a:1")._value.get() == 15
+
+
+def test_a_retry_goes_only_where_the_model_is():
+    pool = pool_of(("a", 1), ("b", 1))
+    pool.by_name["a"].store = {model_key("m")}
+    pool.by_name["b"].store = {model_key("other")}
+    assert pool.choose("m").name == "a"
+    assert not pool.has_other("m", frozenset({"a"}))
+    with pytest.raises(NoMember):
+        pool.choose("m", frozenset({"a"}))
+
+
+@pytest.mark.parametrize("url", ["http://x:99999", "http://x:0", "http://[1.2.3.4]:1",
+                                 "http://[:]:1", "http://-x:1", "http://x:1?q", "http://x:1#f",
+                                 "http://x:a", "http://:1"])
+def test_a_backend_url_that_would_fail_later_is_refused_now(url):
+    with pytest.raises(ConfigError, match="url must be http://host:port"):
+        Settings.from_dict({"backends": [{"name": "a", "url": url}]})
+
+
+@pytest.mark.parametrize("url", ["http://ollama_1:11434", "http://10.0.0.1", "http://[fd00::1]:8",
+                                 "http://llm-01.example.internal:11434/"])
+def test_the_urls_a_site_uses_are_taken(url):
+    assert Settings.from_dict({"backends": [{"name": "a", "url": url}]}).backends[0].name == "a"
+
+
+async def slow_tags(writer) -> None:
+    await asyncio.sleep(1.5)
+    body = json.dumps({"models": [{"name": MODEL}]}).encode()
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d"
+                 b"\r\n\r\n%b" % (len(body), body))
+    await writer.drain()
+
+
+def test_anonymous_readiness_checks_are_shared_not_multiplied(tmp_path):
+    first, second = Scripted(slow_tags), Scripted(slow_tags)
+    gateway = scripted_gateway(tmp_path, first, second)
+    try:
+        time.sleep(2)  # past the poller's first checks
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=30) as http:
+                return await asyncio.gather(*(http.get(f"{gateway.url}/readyz")
+                                              for _ in range(60)))
+
+        answers = asyncio.run(burst())
+        assert {answer.status_code for answer in answers} == {200}
+        for host in (first, second):
+            tags = [request for request in host.requests if request.startswith(b"GET /api/tags")]
+            assert len(tags) <= 3, len(tags)  # the poller's, and one or two shared checks
+    finally:
+        gateway.stop()
+        first.__exit__()
+        second.__exit__()
+
+
+async def takes_and_drops(writer) -> None:
+    writer.transport.abort()   # read the request, then died without a word
+
+
+def test_a_request_that_may_kill_its_host_is_sent_again_once_not_to_every_host(tmp_path):
+    hosts = [scripted_host(takes_and_drops) for _ in range(3)]
+    urls = [host.__enter__() for host in hosts]
+    gateway = Gateway("", tmp_path, poll_seconds=3600,
+                      backends=[{"name": f"h{index}", "url": url}
+                                for index, url in enumerate(urls)])
+    try:
+        answer = generate(gateway)
+        assert answer.status_code == 502, answer.text
+        assert sum(generated(host) for host in hosts) == 2
+    finally:
+        gateway.stop()
+        for host in hosts:
+            host.__exit__()
+
+
+def test_hosts_that_cannot_be_reached_cost_no_request_however_many(tmp_path):
+    leaving = [scripted_host(answers) for _ in range(2)]
+    good = scripted_host(answers)
+    urls = [host.__enter__() for host in (*leaving, good)]
+    gateway = Gateway("", tmp_path, poll_seconds=3600, backends=[
+        {"name": name, "url": url} for name, url in zip(("gone-1", "gone-2", "good"), urls,
+                                                         strict=True)])
+    try:
+        wait_for(lambda: all(entry["answering"] for entry in backends_state(gateway).values()),
+                 10)
+        for host in leaving:
+            host.__exit__()   # both refuse connections from now on
+        assert [generate(gateway).status_code for _ in range(6)] == [200] * 6
+        assert generated(good) == 6
+        for name in ("gone-1", "gone-2"):
+            assert metric(gateway, "gateway_pool_backend_ejections_total", backend=name) == 1
+        assert sum(metric(gateway, "gateway_pool_backend_retries_total", backend=name)
+                   for name in ("gone-1", "gone-2")) == 2
+    finally:
+        gateway.stop()
+        good.__exit__()
+
+
+def test_generation_marks_a_host_warm_and_a_show_does_not(tmp_path):
+    first, second = scripted_host(answers, warm=False), scripted_host(answers, warm=False)
+    gateway = scripted_gateway(tmp_path, first, second)
+    try:
+        shown = httpx.post(f"{gateway.url}/api/show", json={"model": "n"},
+                           headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
+        assert shown.status_code == 200
+        assert all(entry["loaded"] == [] for entry in backends_state(gateway).values())
+        assert generate(gateway).status_code == 200
+        assert sorted(entry["loaded"] != [] for entry in backends_state(gateway).values()) == \
+            [False, True]
+    finally:
+        gateway.stop()
+        first.__exit__()
+        second.__exit__()
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"[" * 100000, "must be JSON"),
+    (b'{"backend": "one", "backend": "two"}', "each key once"),
+])
+def test_the_drain_api_refuses_hostile_bodies(tmp_path, content, says):
+    first, second = scripted_host(answers), scripted_host(answers)
+    gateway = scripted_gateway(tmp_path, first, second)
+    try:
+        answer = httpx.post(f"{gateway.url}/gateway/drain", content=content,
+                            headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert answer.status_code == 400 and says in answer.json()["error"]
+        assert not any(entry["draining"] for entry in backends_state(gateway).values())
+    finally:
+        gateway.stop()
+        first.__exit__()
+        second.__exit__()
+
+
+def test_show_for_a_vision_model_with_every_host_drained_is_a_503(tmp_path):
+    first, second = scripted_host(answers), scripted_host(answers)
+    gateway = scripted_gateway(tmp_path, first, second,
+                               vision_backends=[{"model": MODEL, "url": "http://127.0.0.1:9"}])
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        for name in ("one", "two"):
+            httpx.post(f"{gateway.url}/gateway/drain", headers=admin, json={"backend": name})
+        shown = httpx.post(f"{gateway.url}/api/show", json={"model": MODEL},
+                           headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
+        assert shown.status_code == 503 and shown.headers["retry-after"] == "5"
+        assert "2 drained" in shown.json()["error"]
+    finally:
+        gateway.stop()
+        first.__exit__()
+        second.__exit__()
