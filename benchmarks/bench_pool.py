@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import KEY, ROOT, free_port, wait_port
+from bench_gateway import KEY, ROOT, free_port, stop, wait_port
 
 PARALLEL, CHUNKS, GAP = 4, 50, 0.02
 HOST = f'''
@@ -210,9 +210,7 @@ def main() -> None:
             print(f"   routing decision alone: {choose_p50_us(2):.2f} us (2 hosts), "
                   f"{choose_p50_us(16):.2f} us (16 hosts)")
         finally:
-            for process in processes:
-                process.terminate()
-                process.wait(10)
+            stop(processes)
 
 
 if __name__ == "__main__":

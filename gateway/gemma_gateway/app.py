@@ -103,6 +103,19 @@ class Refusal(Exception):
         return JSONResponse({"error": self.message}, status_code=self.status,
                             headers=self.headers)
 
+    @classmethod
+    def of(cls, exc: UpstreamError, backend_name: str = "backend") -> Refusal:
+        """What a backend's failure tells the client: no host left to try (503, retry),
+        too slow (504) or not answering (502)."""
+        if isinstance(exc, NoMember):
+            return cls(503, f"{exc}; retry in a few seconds", f"{backend_name}_unavailable",
+                       {"Retry-After": "5"})
+        if isinstance(exc, UpstreamTimeout):
+            return cls(504, f"the {backend_name} is too slow: {exc}",
+                       f"{backend_name}_timeout")
+        return cls(502, f"the {backend_name} is not answering: {exc}",
+                   f"{backend_name}_unreachable")
+
 
 class ClientGone(Exception):
     """The client went away before its answer began."""
@@ -558,12 +571,8 @@ class Call:
         try:
             return await self.ask(upstream, self.method, target, self.forwarded_headers(),
                                   content, watch)
-        except UpstreamTimeout as exc:
-            raise Refusal(504, f"the {backend_name} is too slow: {exc}",
-                          f"{backend_name}_timeout") from None
         except UpstreamError as exc:
-            raise Refusal(502, f"the {backend_name} is not answering: {exc}",
-                          f"{backend_name}_unreachable") from None
+            raise Refusal.of(exc, backend_name) from None
 
     async def pooled(self, target: str, content, watch: bool) -> tuple:
         """The answer head of an inference host, by the pool's choice and retry rule
@@ -577,13 +586,11 @@ class Call:
                           "admin_on_pool")
         retry = self.route.scope != ADMIN and isinstance(content, bytes | bytearray)
         tried: set[str] = set()
-        self.replays = 0
         while True:
             try:
                 member = pool.choose(self.model, frozenset(tried))
             except NoMember as exc:
-                raise Refusal(503, f"{exc}; retry in a few seconds", "backend_unavailable",
-                              {"Retry-After": "5"}) from None
+                raise Refusal.of(exc) from None
             tried.add(member.name)
             answer = await self.attempt_member(
                 member, target, content, watch,
@@ -602,7 +609,7 @@ class Call:
         except UpstreamTimeout as exc:
             pool.release(member)
             pool.failed(member, "timeout")
-            raise Refusal(504, f"the backend is too slow: {exc}", "backend_timeout") from None
+            raise Refusal.of(exc) from None
         except UpstreamError as exc:
             pool.release(member)
             # A kept-alive connection the host closed says nothing about the host.
@@ -616,8 +623,7 @@ class Call:
             pool.failed(member, reason, retried=may_retry)
             if may_retry:
                 return None
-            raise Refusal(502, f"the backend is not answering: {exc}",
-                          "backend_unreachable") from None
+            raise Refusal.of(exc) from None
         except BaseException:
             pool.release(member)
             raise
@@ -742,9 +748,9 @@ class Call:
                 timeout=timeout, idle_timeout=idle)
             data = await answer.read()
         except NoMember as exc:
-            raise Refusal(503, f"{exc}; retry in a few seconds", "backend_unavailable",
-                          {"Retry-After": "5"}) from None
+            raise Refusal.of(exc) from None
         except UpstreamError as exc:
+            # A timeout here was always a 502 ("not answering"), unlike a relayed answer's.
             raise Refusal(502, f"the backend is not answering: {exc}",
                           "backend_unreachable") from None
         if answer.status == 200:

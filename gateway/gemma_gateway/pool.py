@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from itertools import count
 
+from .metrics import entries
 from .upstream import Upstream, UpstreamError
 
 EJECT_SECONDS = 2.0
@@ -66,15 +67,12 @@ def model_key(name: str) -> str:
 
 
 def model_names(answer: dict) -> set[str]:
-    """The model keys an /api/ps or /api/tags answer lists (at most 1000, strings only)."""
-    models = answer.get("models")
-    if not isinstance(models, list):
+    """The model keys an /api/ps or /api/tags answer lists (its first 1000 entries, names
+    that are strings); ValueError when it has no list of models (not a host that is well)."""
+    if not isinstance(answer.get("models"), list):
         raise ValueError("no 'models' list")
-    names = set()
-    for model in models[:1000]:
-        if isinstance(model, dict) and isinstance(model.get("name"), str):
-            names.add(model_key(model["name"]))
-    return names
+    return {model_key(model["name"]) for model in entries(answer)
+            if isinstance(model.get("name"), str)}
 
 
 class Member:
@@ -278,9 +276,6 @@ class BackendPool:
         if answer.status != 200 or not isinstance(data, dict):
             raise UpstreamError(f"{path} answered {answer.status}")
         return data
-
-    def answering(self) -> bool:
-        return any(member.answered for member in self.members)
 
     def _publish(self, member: Member) -> None:
         now = time.monotonic()

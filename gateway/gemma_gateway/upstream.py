@@ -38,8 +38,8 @@ class UpstreamUnreachable(UpstreamError):
 
 
 class UpstreamStale(UpstreamError):
-    """A kept-alive connection was closed by the backend before it read the request (its
-    idle timeout, most likely): the backend is well (a 502)."""
+    """A kept-alive connection was closed by the backend before it answered (its idle
+    timeout, most likely): the backend is well (a 502)."""
 
 
 class UpstreamTimeout(UpstreamError):

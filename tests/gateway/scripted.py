@@ -57,6 +57,10 @@ class Scripted:
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     def __exit__(self, *exc) -> None:
+        if getattr(self, "closed", False):  # a test may close it early, then its cleanup
+            return
+        self.closed = True
+
         async def shut() -> None:
             self.server.close()
             for task in asyncio.all_tasks():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -395,17 +396,26 @@ def generated(scripted: Scripted) -> int:
     return len(scripted.bodies("/api/generate"))
 
 
-def scripted_gateway(tmp_path, first: Scripted, second: Scripted, **overrides):
-    first_url, second_url = first.__enter__(), second.__enter__()
-    return Gateway("", tmp_path, backends=[{"name": "one", "url": first_url},
-                                           {"name": "two", "url": second_url}],
-                   poll_seconds=3600, **overrides)
+@contextlib.contextmanager
+def scripted_pool(tmp_path, first: Scripted, second: Scripted, **overrides):
+    """A gateway in front of two scripted hosts ("one" and "two"), all three stopped after."""
+    try:
+        first_url, second_url = first.__enter__(), second.__enter__()
+        gateway = Gateway("", tmp_path, backends=[{"name": "one", "url": first_url},
+                                                  {"name": "two", "url": second_url}],
+                          poll_seconds=3600, **overrides)
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+    finally:
+        first.__exit__()
+        second.__exit__()
 
 
 def test_a_full_queue_sends_the_request_to_the_other_host(tmp_path):
     full, good = scripted_host(busy), scripted_host(answers)
-    gateway = scripted_gateway(tmp_path, full, good)
-    try:
+    with scripted_pool(tmp_path, full, good) as gateway:
         for _ in range(4):
             answer = generate(gateway)
             assert answer.status_code == 200, answer.text
@@ -414,29 +424,19 @@ def test_a_full_queue_sends_the_request_to_the_other_host(tmp_path):
             generated(full)
         assert metric(gateway, "gateway_pool_backend_errors_total", backend="one",
                       reason="busy") == generated(full)
-    finally:
-        gateway.stop()
-        full.__exit__()
-        good.__exit__()
 
 
 def test_a_host_too_slow_is_a_504_never_a_second_generation(tmp_path):
     slow, good = scripted_host(hangs), scripted_host(answers)
-    gateway = scripted_gateway(tmp_path, slow, good, limits={"generation_timeout": 1})
-    try:
+    with scripted_pool(tmp_path, slow, good, limits={"generation_timeout": 1}) as gateway:
         statuses = [generate(gateway).status_code for _ in range(4)]
         assert sorted(statuses) == [200, 200, 504, 504]
         assert generated(good) == 2, "a timed-out request was sent again to another host"
-    finally:
-        gateway.stop()
-        slow.__exit__()
-        good.__exit__()
 
 
 def test_an_answer_broken_after_its_first_byte_is_reported_not_retried(tmp_path):
     broken, good = scripted_host(dies_mid_stream), scripted_host(answers)
-    gateway = scripted_gateway(tmp_path, broken, good)
-    try:
+    with scripted_pool(tmp_path, broken, good) as gateway:
         texts = []
         for _ in range(4):
             answer = generate(gateway, stream=True)
@@ -447,16 +447,11 @@ def test_an_answer_broken_after_its_first_byte_is_reported_not_retried(tmp_path)
         assert generated(good) == 2, "a request whose answer had begun was sent again"
         assert metric(gateway, "gateway_pool_backend_errors_total", backend="one",
                       reason="broke_stream") == 2
-    finally:
-        gateway.stop()
-        broken.__exit__()
-        good.__exit__()
 
 
 def test_a_host_that_stops_answering_is_ejected_and_its_requests_go_elsewhere(tmp_path):
     leaving, good = scripted_host(answers), scripted_host(answers)
-    gateway = scripted_gateway(tmp_path, leaving, good)
-    try:
+    with scripted_pool(tmp_path, leaving, good) as gateway:
         assert [generate(gateway).status_code for _ in range(2)] == [200, 200]
         assert generated(leaving) == 1
         leaving.__exit__()   # its port now refuses connections
@@ -467,9 +462,6 @@ def test_a_host_that_stops_answering_is_ejected_and_its_requests_go_elsewhere(tm
         assert metric(gateway, "gateway_pool_backend_ejections_total", backend="one") == 1
         assert metric(gateway, "gateway_pool_backend_up", backend="one") == 0
         assert backends_state(gateway)["one"]["ejected_seconds"] > 0
-    finally:
-        gateway.stop()
-        good.__exit__()
 
 
 def test_a_host_that_never_answered_its_check_gets_nothing(tmp_path):
@@ -558,8 +550,7 @@ async def slow_tags(writer) -> None:
 
 def test_anonymous_readiness_checks_are_shared_not_multiplied(tmp_path):
     first, second = Scripted(slow_tags), Scripted(slow_tags)
-    gateway = scripted_gateway(tmp_path, first, second)
-    try:
+    with scripted_pool(tmp_path, first, second) as gateway:
         time.sleep(2)  # past the poller's first checks
 
         async def burst():
@@ -572,10 +563,6 @@ def test_anonymous_readiness_checks_are_shared_not_multiplied(tmp_path):
         for host in (first, second):
             tags = [request for request in host.requests if request.startswith(b"GET /api/tags")]
             assert len(tags) <= 3, len(tags)  # the poller's, and one or two shared checks
-    finally:
-        gateway.stop()
-        first.__exit__()
-        second.__exit__()
 
 
 async def takes_and_drops(writer) -> None:
@@ -623,8 +610,7 @@ def test_hosts_that_cannot_be_reached_cost_no_request_however_many(tmp_path):
 
 def test_generation_marks_a_host_warm_and_a_show_does_not(tmp_path):
     first, second = scripted_host(answers, warm=False), scripted_host(answers, warm=False)
-    gateway = scripted_gateway(tmp_path, first, second)
-    try:
+    with scripted_pool(tmp_path, first, second) as gateway:
         shown = httpx.post(f"{gateway.url}/api/show", json={"model": "n"},
                            headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
         assert shown.status_code == 200
@@ -632,10 +618,6 @@ def test_generation_marks_a_host_warm_and_a_show_does_not(tmp_path):
         assert generate(gateway).status_code == 200
         assert sorted(entry["loaded"] != [] for entry in backends_state(gateway).values()) == \
             [False, True]
-    finally:
-        gateway.stop()
-        first.__exit__()
-        second.__exit__()
 
 
 @pytest.mark.parametrize("content, says", [
@@ -644,31 +626,21 @@ def test_generation_marks_a_host_warm_and_a_show_does_not(tmp_path):
 ])
 def test_the_drain_api_refuses_hostile_bodies(tmp_path, content, says):
     first, second = scripted_host(answers), scripted_host(answers)
-    gateway = scripted_gateway(tmp_path, first, second)
-    try:
+    with scripted_pool(tmp_path, first, second) as gateway:
         answer = httpx.post(f"{gateway.url}/gateway/drain", content=content,
                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         assert answer.status_code == 400 and says in answer.json()["error"]
         assert not any(entry["draining"] for entry in backends_state(gateway).values())
-    finally:
-        gateway.stop()
-        first.__exit__()
-        second.__exit__()
 
 
 def test_show_for_a_vision_model_with_every_host_drained_is_a_503(tmp_path):
     first, second = scripted_host(answers), scripted_host(answers)
-    gateway = scripted_gateway(tmp_path, first, second,
-                               vision_backends=[{"model": MODEL, "url": "http://127.0.0.1:9"}])
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    try:
+    with scripted_pool(tmp_path, first, second,
+                       vision_backends=[{"model": MODEL, "url": "http://127.0.0.1:9"}]) as gateway:
         for name in ("one", "two"):
             httpx.post(f"{gateway.url}/gateway/drain", headers=admin, json={"backend": name})
         shown = httpx.post(f"{gateway.url}/api/show", json={"model": MODEL},
                            headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
         assert shown.status_code == 503 and shown.headers["retry-after"] == "5"
         assert "2 drained" in shown.json()["error"]
-    finally:
-        gateway.stop()
-        first.__exit__()
-        second.__exit__()
