@@ -66,6 +66,15 @@ def settled(gateway, name: str, expected: float, **labels) -> float:
     return value
 
 
+def idle(gateway) -> None:
+    """Wait (at most 2 s) until no request is being served: a baseline read while an
+    earlier test's answer is still being finished would count that answer as this test's."""
+    deadline = time.monotonic() + 2
+    while metric(gateway, "gateway_requests_in_flight") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(gateway, "gateway_requests_in_flight") == 0
+
+
 def test_clients_speak_ollamas_api_through_the_gateway(gateway):
     client = gateway.client()
     assert MODEL in [m.model for m in client.list().models]
@@ -137,6 +146,7 @@ def test_streaming_is_passed_through_not_buffered(gateway):
 
 
 def test_metrics_count_what_was_sent(gateway):
+    idle(gateway)
     before_requests = metric(gateway, "gateway_request_duration_seconds_count",
                              endpoint="/api/generate", model=MODEL, status="200")
     before_tokens = metric(gateway, "gateway_completion_tokens_total", model=MODEL)
