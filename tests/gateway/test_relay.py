@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from .conftest import INFERENCE_KEY, Gateway
-from .test_gateway import http, metric, settled
+from .test_gateway import http, idle, metric, settled
 
 MODEL = "gemma3:270m"
 AUTH = {"Authorization": f"Bearer {INFERENCE_KEY}", "Content-Type": "application/json"}
@@ -55,6 +55,7 @@ def test_v1_chat_streams_sse_through_unbuffered_and_equal_to_direct(openai_gatew
                     text += choice["delta"].get("content") or ""
         return arrivals, text
 
+    idle(openai_gateway)
     before = metric(openai_gateway, "gateway_time_to_first_token_seconds_count",
                     endpoint="/v1/chat/completions", model=MODEL)
     _, direct = events(openai_server.url, {"Content-Type": "application/json"})
@@ -68,6 +69,7 @@ def test_v1_chat_streams_sse_through_unbuffered_and_equal_to_direct(openai_gatew
 
 
 def test_v1_non_streamed_answer_counts_tokens_from_usage(openai_gateway):
+    idle(openai_gateway)
     before = metric(openai_gateway, "gateway_completion_tokens_total", model=MODEL)
     with urllib.request.urlopen(chat(openai_gateway.url, False, AUTH), timeout=120) as response:
         answer = json.loads(response.read())
