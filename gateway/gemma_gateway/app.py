@@ -39,6 +39,7 @@ from .routes import (
     METRICS,
     OPENAI,
     PLAIN,
+    POOL,
     UPLOAD,
     NotServed,
     PathRefused,
@@ -360,7 +361,8 @@ class Call:
                 return value.decode("latin-1")
         return None
 
-    def authenticate(self, scope: str) -> None:
+    def authenticate(self, scope: str, *alternatives: str) -> None:
+        """The key presented, if it holds `scope` (or one of `alternatives`)."""
         presented = self.header(b"authorization") or ""
         if not presented.lower().startswith("bearer "):
             self.metrics.auth_failures.labels("missing").inc()
@@ -369,7 +371,7 @@ class Call:
         if self.key is None:
             self.metrics.auth_failures.labels("invalid").inc()
             raise Refusal(401, "invalid API key", "auth")
-        if scope not in self.key.scopes:
+        if self.key.scopes.isdisjoint((scope, *alternatives)):
             self.metrics.auth_failures.labels("scope").inc()
             raise Refusal(403, f"key '{self.key.name}' lacks the {scope} scope that "
                                f"{self.label} needs", "auth")
@@ -781,14 +783,15 @@ class Call:
         return JSONResponse(body, status_code=status)
 
     async def pool_api(self, raw_path: bytes) -> Response:
-        """Admin keys only: the inference hosts' state (GET /gateway/backends), or one of them
-        drained or resumed (POST /gateway/drain or /gateway/resume, {"backend": NAME}). A
-        drained host gets no new request; its requests in flight finish."""
+        """Pool or admin keys only: the inference hosts' state (GET /gateway/backends), or
+        one of them drained or resumed (POST /gateway/drain or /gateway/resume,
+        {"backend": NAME}). A drained host gets no new request; its requests in flight
+        finish."""
         self.label = raw_path.decode("ascii")
         if self.method != POOL_API[raw_path]:
             raise Refusal(405, f"{self.label} takes {POOL_API[raw_path]}", "method_not_allowed",
                           {"Allow": POOL_API[raw_path]})
-        self.authenticate(ADMIN)
+        self.authenticate(POOL, ADMIN)
         pool = self.gateway.pool
         if self.method == "GET":
             return JSONResponse({"backends": pool.states()})

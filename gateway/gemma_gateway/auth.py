@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 # The scopes a key may hold; which endpoint needs which is the route table's (routes.py).
-from .routes import ADMIN, INFERENCE, METRICS, SCOPES  # noqa: F401
+from .routes import ADMIN, INFERENCE, METRICS, POOL, SCOPES  # noqa: F401
 
 
 def hash_key(key: str) -> str:

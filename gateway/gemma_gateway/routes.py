@@ -18,7 +18,10 @@ from urllib.parse import unquote_to_bytes
 INFERENCE = "inference"
 ADMIN = "admin"
 METRICS = "metrics"
-SCOPES = frozenset({INFERENCE, ADMIN, METRICS})
+# The pool's own endpoints (/gateway/backends, drain, resume) and nothing else: the key a
+# rolling deploy holds to take an inference host out and put it back.
+POOL = "pool"
+SCOPES = frozenset({INFERENCE, ADMIN, METRICS, POOL})
 
 # What the gateway does with a route's body.
 PLAIN = "plain"            # relayed as it is (no body, or one the gateway need not read)

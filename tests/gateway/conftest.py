@@ -24,6 +24,7 @@ from tests.standin.conftest import (
 INFERENCE_KEY = new_key()
 ADMIN_KEY = new_key()
 METRICS_KEY = new_key()  # what Prometheus scrapes /metrics with
+POOL_KEY = new_key()  # what a rolling deploy drains and resumes inference hosts with
 
 
 class Gateway:
@@ -39,7 +40,9 @@ class Gateway:
                            {"name": "ops", "sha256": hash_key(ADMIN_KEY),
                             "scopes": ["inference", "admin"]},
                            {"name": "prometheus", "sha256": hash_key(METRICS_KEY),
-                            "scopes": ["metrics"]}], **overrides}
+                            "scopes": ["metrics"]},
+                           {"name": "deploy", "sha256": hash_key(POOL_KEY),
+                            "scopes": ["pool"]}], **overrides}
         path = tmp_path / f"gateway-{self.port}.json"
         path.write_text(json.dumps(config))
         env = dict(os.environ, GATEWAY_CONFIG=str(path), PYTHONPATH=str(ROOT / "gateway"))

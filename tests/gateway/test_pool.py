@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gemma_gateway.config import ConfigError, Settings
 from gemma_gateway.metrics import Metrics
 from gemma_gateway.pool import BackendPool, BackendSpec, NoMember, model_key
-from tests.gateway.conftest import ADMIN_KEY, INFERENCE_KEY, METRICS_KEY, Gateway
+from tests.gateway.conftest import ADMIN_KEY, INFERENCE_KEY, METRICS_KEY, POOL_KEY, Gateway
 from tests.gateway.scripted import Scripted
 from tests.standin.conftest import MODEL, StandIn
 
@@ -257,7 +257,8 @@ def test_a_host_killed_under_load_costs_no_request_and_comes_back(hosts, standin
 
 def test_a_drained_host_finishes_its_requests_and_gets_no_new_one(hosts, tmp_path):
     gateway = pooled_gateway(hosts, tmp_path)
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    # The key deploy.yml drains with: the pool scope alone.
+    deployer = {"Authorization": f"Bearer {POOL_KEY}"}
     try:
         wait_for(lambda: all(entry["answering"] for entry in backends_state(gateway).values()), 20)
         # A long stream goes to one host; that host is then drained under it.
@@ -271,7 +272,7 @@ def test_a_drained_host_finishes_its_requests_and_gets_no_new_one(hosts, tmp_pat
             busy = next(name for name, entry in backends_state(gateway).items()
                         if entry["in_flight"] == 1)
             other = next(name for name in hosts if name != busy)
-            drained = httpx.post(f"{gateway.url}/gateway/drain", headers=admin,
+            drained = httpx.post(f"{gateway.url}/gateway/drain", headers=deployer,
                                  json={"backend": busy})
             assert drained.status_code == 200, drained.text
             assert drained.json()["backend"]["draining"] is True
@@ -285,19 +286,19 @@ def test_a_drained_host_finishes_its_requests_and_gets_no_new_one(hosts, tmp_pat
         assert backends_state(gateway)[busy]["in_flight"] == 0
         assert metric(gateway, "gateway_pool_backend_draining", backend=busy) == 1
         assert requests_to(gateway, other) >= 3
-        resumed = httpx.post(f"{gateway.url}/gateway/resume", headers=admin,
+        resumed = httpx.post(f"{gateway.url}/gateway/resume", headers=deployer,
                              json={"backend": busy})
         assert resumed.status_code == 200 and resumed.json()["backend"]["draining"] is False
         # Every host drained: the gateway is not ready (a load balancer moves on).
         for name in hosts:
-            httpx.post(f"{gateway.url}/gateway/drain", headers=admin, json={"backend": name})
+            httpx.post(f"{gateway.url}/gateway/drain", headers=deployer, json={"backend": name})
         time.sleep(1.1)  # past the readiness answer's one-second cache
         assert httpx.get(f"{gateway.url}/readyz").status_code == 503
         refused = generate(gateway)
         assert refused.status_code == 503
         assert "2 drained" in refused.json()["error"] and refused.headers["retry-after"] == "5"
         for name in hosts:
-            httpx.post(f"{gateway.url}/gateway/resume", headers=admin, json={"backend": name})
+            httpx.post(f"{gateway.url}/gateway/resume", headers=deployer, json={"backend": name})
         time.sleep(1.1)
         assert httpx.get(f"{gateway.url}/readyz").status_code == 200
     finally:
@@ -305,9 +306,17 @@ def test_a_drained_host_finishes_its_requests_and_gets_no_new_one(hosts, tmp_pat
 
 
 @pytest.mark.parametrize("method, path, key, body, status, says", [
-    ("POST", "/gateway/drain", INFERENCE_KEY, {"backend": "llm-a"}, 403, "lacks the admin"),
+    ("POST", "/gateway/drain", INFERENCE_KEY, {"backend": "llm-a"}, 403, "lacks the pool"),
+    ("POST", "/gateway/drain", METRICS_KEY, {"backend": "llm-a"}, 403, "lacks the pool"),
     ("POST", "/gateway/drain", None, {"backend": "llm-a"}, 401, "missing API key"),
-    ("GET", "/gateway/backends", INFERENCE_KEY, None, 403, "lacks the admin"),
+    ("GET", "/gateway/backends", INFERENCE_KEY, None, 403, "lacks the pool"),
+    # The pool key: the pool's endpoints and nothing else.
+    ("POST", "/api/generate", POOL_KEY, {"model": MODEL, "prompt": "hi"}, 403,
+     "lacks the inference"),
+    ("GET", "/api/tags", POOL_KEY, None, 403, "lacks the inference"),
+    ("DELETE", "/api/delete", POOL_KEY, {"model": MODEL}, 403, "lacks the admin"),
+    ("GET", "/metrics", POOL_KEY, None, 403, "lacks the metrics"),
+    ("POST", "/gateway/drain", POOL_KEY, {"backend": "nobody"}, 404, "no backend named"),
     ("GET", "/gateway/drain", ADMIN_KEY, None, 405, "takes POST"),
     ("POST", "/gateway/drain", ADMIN_KEY, {"backend": "nobody"}, 404, "no backend named"),
     ("POST", "/gateway/drain", ADMIN_KEY, {"backend": "llm-a", "all": True}, 400, "nothing else"),
