@@ -21,13 +21,13 @@ WHEELS := $(LAB_CACHE)/wheels
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-py3-none-linux_x86_64.whl
 
 .PHONY: help setup lint sanity rules unit lab-up lab-down lab-status lab lab-check standin vision prepare deploy verify rollback \
-	molecule lab-tests e2e test \
+	molecule lab-tests e2e site test \
 	bench clean
 
 help:
 	@echo "make lab    - lab-up, then prepare -> deploy -> verify in the air-gap lab"
 	@echo "make test   - lint, unit tests, molecule scenarios, end-to-end air-gap scenario"
-	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | standin | vision | molecule | e2e"
+	@echo "make setup | lint | unit | lab-up | lab-down | lab-status | standin | vision | molecule | e2e | site"
 	@echo "make bench  - benchmarks (figures side by side with a baseline from the same run)"
 
 # llama-cpp-python has no wheel on PyPI: build it once, portable across CPUs
@@ -96,7 +96,7 @@ sanity: setup
 # The stand-in's Go front first (gofmt, go vet, go test; built from Debian's Go packages).
 unit: setup
 	$(BIN)/python lab/labctl.py front-check
-	$(BIN)/pytest -m 'not lab and not e2e' tests
+	$(BIN)/pytest -m 'not lab and not e2e and not site' tests
 
 lab-up: setup
 	$(BIN)/python lab/labctl.py up
@@ -168,12 +168,22 @@ e2e: setup
 	$(BIN)/pytest -m e2e --durations=12 tests/e2e
 	$(BIN)/molecule destroy -s airgap
 
+# A site of two inference hosts in a lab of its own (gemma-airgap-site, two targets), deployed
+# from this machine with the lab bundle: the pool, the firewall, a crash under load, a rolling
+# deploy of a new release under load. The lab goes at the end.
+site: setup
+	$(BIN)/python lab/labctl.py images
+	test -f $(LAB_BUNDLE)/bundle.json || $(MAKE) prepare
+	LAB_PREFIX=gemma-airgap-site LAB_TARGETS=2 $(BIN)/pytest -m site --durations=12 tests/site
+
 # The lab bundle first (the role scenarios take images, models and packages from it; the
 # air-gap scenario's own prepare then changes nothing; it also builds the lab's base images),
-# then side by side: the end-to-end suites, and the lab tests followed by the role scenarios.
-# Separate labs (each its own prefix), and all of them mostly wait (lab/stages.py).
+# then side by side: the end-to-end suites, the two-host site, and the lab tests followed by
+# the role scenarios. Separate labs (each its own prefix), and all of them mostly wait
+# (lab/stages.py).
 test: lint unit prepare
 	$(BIN)/python lab/stages.py e2e='$(MAKE) --no-print-directory e2e' \
+	  site='$(MAKE) --no-print-directory site' \
 	  lab-and-roles='$(MAKE) --no-print-directory lab-tests molecule'
 
 bench: setup

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # gemma-airgap: the site's inference hosts as each gateway and firewall sees them.
 
-"""Jinja filters ``site_addresses`` and ``inference_backends``.
+"""Jinja filters ``site_addresses``, ``inference_backends`` and ``virtual_ip``.
 
 A host's site address (``gemma_airgap_site_address``) defaults, in the gemma_airgap role,
 to its ``ansible_host``. Another host reads it through ``hostvars``, which carry inventory
@@ -53,6 +53,35 @@ def inference_backends(hosts, hostvars, this_host, port, local_url):
     return backends
 
 
+def virtual_ip(address, site_interface, prefix_length, taken):
+    """The virtual IP's prefix length, once the address is checked: IPv4, inside the network
+    of the edge host's site address (`site_interface`, as `ip` shows it: 10.0.0.5/24), not
+    that network's own or broadcast address, and not a host's site address (`taken`)."""
+    try:
+        vip = ipaddress.IPv4Address(str(address))
+        interface = ipaddress.IPv4Interface(str(site_interface))
+    except ValueError as error:
+        raise AnsibleFilterError("edge_vip_address %r: %s; give an IPv4 address on the edge "
+                                 "hosts' site network" % (address, error)) from None
+    prefix = int(prefix_length) or interface.network.prefixlen
+    if not 1 <= prefix <= 32:
+        raise AnsibleFilterError("edge_vip_prefix_length %s: an IPv4 prefix length is 1 to 32 "
+                                 "(0: the site address's own)" % prefix_length)
+    network = ipaddress.IPv4Network("%s/%d" % (interface.ip, prefix), strict=False)
+    if vip not in interface.network or vip not in network:
+        raise AnsibleFilterError("edge_vip_address %s is not on the site network %s of this "
+                                 "edge host: VRRP moves it only between hosts of one network"
+                                 % (vip, interface.network))
+    if vip in (network.network_address, network.broadcast_address):
+        raise AnsibleFilterError("edge_vip_address %s is the network's own or broadcast "
+                                 "address in %s" % (vip, network))
+    if str(vip) in [str(host) for host in taken]:
+        raise AnsibleFilterError("edge_vip_address %s is a host's site address: give an "
+                                 "address nothing else uses" % vip)
+    return prefix
+
+
 class FilterModule(object):
     def filters(self):
-        return {"site_addresses": site_addresses, "inference_backends": inference_backends}
+        return {"site_addresses": site_addresses, "inference_backends": inference_backends,
+                "virtual_ip": virtual_ip}

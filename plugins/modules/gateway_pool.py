@@ -30,7 +30,6 @@ options:
     description: A key with the C(pool) (or C(admin)) scope.
     type: str
     required: true
-    no_log: true
   ca_path:
     description: The CA that signed the gateway's certificate (the chain is verified, not the name).
     type: path
@@ -159,12 +158,11 @@ def run(module):
         try:
             entry, result["waited"] = member.wait_idle(params["wait_timeout"])
         except TimeoutError as late:
-            module.fail_json(msg=(
-                "%s still has %s request(s) in flight on %s after %s s of draining. It stays "
-                "drained (no new request reaches it); wait for them and run deploy.yml again, "
-                "or raise gateway_drain_timeout." % (params["backend"], late.args[0],
-                                                      params["url"], params["wait_timeout"])),
-                **result)
+            message = ("%s still has %s request(s) in flight on %s after %s s of draining. It "
+                       "stays drained (no new request reaches it); wait for them and run "
+                       "deploy.yml again, or raise gateway_drain_timeout."
+                       % (params["backend"], late.args[0], params["url"], params["wait_timeout"]))
+            module.fail_json(msg=message, **result)
     result["backend"] = entry
     return result
 

@@ -160,3 +160,54 @@ def test_the_filters_refuse_what_they_cannot_name():
         inference_backends(["c"], hostvars, "a", 11434, "http://ollama:11434")
     with pytest.raises(AnsibleFilterError, match="not an IPv4"):
         site_addresses(["x"], {"x": {"gemma_airgap_site_address": "10.0.0.1; reboot"}})
+
+
+# --- the virtual IP (roles/edge_vip) -------------------------------------------------------------
+
+EDGE_VIP = ROOT / "roles" / "edge_vip"
+
+
+def test_keepalived_gets_the_other_edge_hosts_as_peers_and_a_priority_by_order(tmp_path):
+    out = play(tmp_path, "llm-02", f"""
+    - ansible.builtin.include_vars: {EDGE_VIP}/defaults/main.yml
+    - ansible.builtin.include_vars: {EDGE_VIP}/vars/main.yml
+    - ansible.builtin.set_fact:
+        __edge_vip_interface: eth1
+        __edge_vip_prefix: 24
+        edge_vip_address: 10.20.0.100
+        edge_vip_check_url: http://127.0.0.1:8080/readyz
+        gemma_airgap_site_address: 10.20.0.12
+    - ansible.builtin.template:
+        src: {EDGE_VIP}/templates/keepalived.conf.j2
+        dest: {tmp_path}/keepalived.conf
+        mode: "0644"
+""")
+    assert out.returncode == 0, out.stdout + out.stderr
+    conf = (tmp_path / "keepalived.conf").read_text()
+    peers = conf.split("unicast_peer {")[1].split("}")[0].split()
+    assert peers == ["10.20.0.11", "10.20.0.13"]
+    assert "unicast_src_ip 10.20.0.12" in conf and "priority 190" in conf
+    assert "10.20.0.100/24 dev eth1" in conf and "nopreempt" in conf and "state BACKUP" in conf
+    assert conf.count("{") == conf.count("}")
+    assert "# The site's virtual IP, held by one edge host whose gateway is ready" in conf
+
+
+@pytest.mark.parametrize("address, prefix, says", [
+    ("10.20.1.100", 0, "not on the site network 10.20.0.0/24"),
+    ("10.20.0.255", 0, "broadcast"),
+    ("10.20.0.12", 0, "a host's site address"),
+    ("fd00::1", 0, "IPv4"),
+    ("10.20.0.100", 33, "prefix length is 1 to 32"),
+])
+def test_a_virtual_ip_off_the_site_network_or_taken_is_refused(address, prefix, says):
+    from inference_pool import virtual_ip
+
+    with pytest.raises(AnsibleFilterError, match=says):
+        virtual_ip(address, "10.20.0.12/24", prefix, ["10.20.0.11", "10.20.0.12"])
+
+
+def test_a_virtual_ip_takes_the_site_networks_prefix_unless_given():
+    from inference_pool import virtual_ip
+
+    assert virtual_ip("10.20.0.100", "10.20.0.12/24", 0, ["10.20.0.12"]) == 24
+    assert virtual_ip("10.20.0.100", "10.20.0.12/24", 25, ["10.20.0.12"]) == 25
