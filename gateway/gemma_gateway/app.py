@@ -199,19 +199,34 @@ class Gateway:
         return status, body
 
     async def _check_readiness(self) -> tuple[int, dict]:
-        """Ready when an inference host that is not drained answers /api/tags with the
-        expected model (all of them are asked at once)."""
-        answers = await asyncio.gather(
-            *(self.pool.read_json(member, "/api/tags") for member in self.pool.members
-              if not member.draining), return_exceptions=True)
-        stores = [entries(answer) for answer in answers if isinstance(answer, dict)]
-        if not stores:
+        """Ready as soon as one inference host that is not drained answers /api/tags with
+        the expected model. All are asked at once and the first good answer decides: a host
+        that is down or slow must not make the answer late (keepalived gives the site's
+        address up when /readyz takes longer than its check allows)."""
+        asks = [asyncio.ensure_future(self.pool.read_json(member, "/api/tags"))
+                for member in self.pool.members if not member.draining]
+        answered = False
+        try:
+            for next_answer in asyncio.as_completed(asks):
+                try:
+                    answer = await next_answer
+                except Exception:  # a host that fails is simply not the ready one
+                    continue
+                if not isinstance(answer, dict):
+                    continue
+                answered = True
+                if self._holds_expected(answer):
+                    return 200, {"status": "ready"}
+        finally:
+            for ask in asks:
+                ask.cancel()
+        if not answered:
             return 503, {"status": "not ready", "error": "the backend is not answering"}
+        return 503, {"status": "not ready", "error": "the backend lacks the expected model"}
+
+    def _holds_expected(self, tags: dict) -> bool:
         expected = self.settings.expected_model
-        if expected and not any(expected == model.get("name") for store in stores
-                                for model in store):
-            return 503, {"status": "not ready", "error": "the backend lacks the expected model"}
-        return 200, {"status": "ready"}
+        return not expected or any(expected == model.get("name") for model in entries(tags))
 
     async def _poll(self) -> None:
         """The inference hosts' checks: what each holds and has loaded (for the choice), the

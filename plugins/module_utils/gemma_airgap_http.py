@@ -22,13 +22,15 @@ __metaclass__ = type
 
 
 class ApiError(Exception):
-    def __init__(self, url, message, status=None):
+    def __init__(self, url, message, status=None, cause=None):
         text = "%s: %s" % (url, message) if status is None else "%s: HTTP %s: %s" % (
             url, status, message)
         super(ApiError, self).__init__(text)
         self.url = url
         self.status = status
         self.message = message
+        # What kept the connection from being made (None after an HTTP answer).
+        self.cause = cause
 
 
 class OllamaClient:
@@ -69,7 +71,7 @@ class OllamaClient:
             raise ApiError(url, message, error.code) from None
         except (URLError, UrlsConnectionError, socket.timeout, ConnectionError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise ApiError(url, "cannot connect (%s)" % reason) from None
+            raise ApiError(url, "cannot connect (%s)" % reason, cause=reason) from None
 
     def get(self, path, timeout=None):
         with self._open("GET", path, timeout=timeout) as response:

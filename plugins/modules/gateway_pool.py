@@ -15,9 +15,10 @@ description:
     requests to one of its inference hosts, or to send them again; when draining, waits until
     the requests that host still serves for this gateway have finished (C(in_flight) 0 in
     C(GET /gateway/backends)).
-  - A gateway that does not answer, or that does not list the host, sends it nothing, so there
-    is nothing to drain there (a first deploy, a host just added to the inventory); the module
-    says so in C(gateway) and changes nothing.
+  - A gateway that does not run (nothing listens on its port, and O(running) is false) or
+    that does not list the host sends it nothing, so there is nothing to drain there (a first
+    deploy, a host just added to the inventory); the module says so in C(gateway) and changes
+    nothing. Any other failure to reach it (a timeout, TLS, a reset) fails.
   - Read-only in check mode.
 version_added: "0.21.0"
 author: gemma-airgap developers (@gemma-airgap)
@@ -46,6 +47,12 @@ options:
     description: Seconds to wait, when draining, for the requests in flight to finish.
     type: int
     default: 600
+  running:
+    description:
+      - Whether the gateway's container is known to run. Then a refused connection fails too
+        (the gateway listens elsewhere than O(url) says, and may still send the host requests).
+    type: bool
+    default: false
 extends_documentation_fragment:
   - gemma_airgap.ollama.gemma_airgap.attributes
 requirements:
@@ -64,7 +71,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 gateway:
-  description: C(listed) (the gateway has the host), C(unlisted) or C(unreachable).
+  description: C(listed) (the gateway has the host), C(unlisted) or C(not running).
   type: str
   returned: always
 draining_before:
@@ -93,6 +100,10 @@ from ansible_collections.gemma_airgap.ollama.plugins.module_utils.gemma_airgap_h
 POLL_SECONDS = 0.5
 
 
+class Forgotten(Exception):
+    """The gateway no longer has the host drained (it restarted while we waited)."""
+
+
 class PoolMember:
     """One inference host as one gateway sees it."""
 
@@ -117,10 +128,13 @@ class PoolMember:
         return self.client.post(path, {"backend": self.name}, timeout=10).get("backend") or {}
 
     def wait_idle(self, timeout):
-        """Seconds it took for the host's requests in flight to reach 0; raises at timeout."""
+        """Seconds it took for the host's requests in flight to reach 0; raises at timeout.
+        The host must stay drained meanwhile: a gateway that restarted forgot the drain."""
         started = time.monotonic()
         while True:
             entry = self.state() or {}
+            if not entry.get("draining"):
+                raise Forgotten()
             in_flight = entry.get("in_flight", 0)
             if not in_flight:
                 return entry, time.monotonic() - started
@@ -140,11 +154,12 @@ def run(module):
     try:
         entry = member.state()
     except ApiError as error:
-        if error.status is not None:
+        # Nothing listens on its port and no container runs: not started yet (a first deploy)
+        # or stopped, and it sends the host nothing. Anything else (a timeout, TLS, a reset,
+        # an HTTP error) may be a gateway that still sends it requests.
+        if not isinstance(error.cause, ConnectionRefusedError) or params["running"]:
             raise
-        # Not answering: not running yet (a first deploy) or stopped; either way it sends the
-        # host nothing. A gateway that is up and refuses the key raised above.
-        result.update(gateway="unreachable", message=str(error))
+        result.update(gateway="not running", message=str(error))
         return result
     if entry is None:
         result.update(gateway="unlisted", message="%s does not list %s: it sends it nothing"
@@ -157,6 +172,11 @@ def run(module):
     if draining and not module.check_mode:
         try:
             entry, result["waited"] = member.wait_idle(params["wait_timeout"])
+        except Forgotten:
+            module.fail_json(msg=(
+                "%s forgot the drain of %s while the deploy waited (it restarted?); nothing "
+                "was changed on %s: run deploy.yml again." % (params["url"], params["backend"],
+                                                             params["backend"])), **result)
         except TimeoutError as late:
             message = ("%s still has %s request(s) in flight on %s after %s s of draining. It "
                        "stays drained (no new request reaches it); wait for them and run "
@@ -176,6 +196,7 @@ def main():
             backend=dict(type="str", required=True),
             state=dict(type="str", required=True, choices=["drained", "resumed"]),
             wait_timeout=dict(type="int", default=600),
+            running=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -186,6 +207,10 @@ def main():
         if error.status in (401, 403):
             hint = (" The deploy's key (gateway_pool_key) must be among this gateway's keys with "
                     "the pool scope: run deploy.yml with --tags gateway on that host first.")
+        elif error.status is None:
+            hint = (" The gateway runs but does not answer at that URL (TLS or its port changed "
+                    "in the inventory?): apply the gateway's settings first with --tags "
+                    "gateway, then run deploy.yml again.")
         module.fail_json(msg="The gateway refused to %s %s: %s.%s" % (
             "drain" if module.params["state"] == "drained" else "resume",
             module.params["backend"], error, hint))

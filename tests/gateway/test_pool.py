@@ -653,3 +653,20 @@ def test_show_for_a_vision_model_with_every_host_drained_is_a_503(tmp_path):
                            headers={"Authorization": f"Bearer {INFERENCE_KEY}"})
         assert shown.status_code == 503 and shown.headers["retry-after"] == "5"
         assert "2 drained" in shown.json()["error"]
+
+
+async def never_answers(writer) -> None:
+    await asyncio.sleep(60)
+
+
+def test_readiness_answers_with_the_first_ready_host_not_the_slowest(tmp_path):
+    """A host that takes a request and never answers (powered off behind a switch that still
+    takes the connection, or hung) must not make /readyz late: keepalived's check gives the
+    site's address up after 1.5 s."""
+    with scripted_pool(tmp_path, Scripted(never_answers), Scripted(slow_tags)) as gateway:
+        time.sleep(1.1)  # no answer kept from the start-up
+        started = time.monotonic()
+        answer = httpx.get(f"{gateway.url}/readyz", timeout=30)
+        took = time.monotonic() - started
+        assert answer.status_code == 200, answer.text
+        assert took < 3.5, took  # the good host's 1.5 s, not the silent one's timeout

@@ -5,6 +5,7 @@ without the pool scope or a drain that outlasts its timeout fails saying what to
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 
@@ -13,7 +14,14 @@ import pytest
 
 from tests.conftest import run_module
 from tests.gateway.conftest import INFERENCE_KEY, POOL_KEY
-from tests.gateway.test_pool import backends_state, hosts, pooled_gateway, wait_for  # noqa: F401
+from tests.gateway.scripted import Scripted
+from tests.gateway.test_pool import (  # noqa: F401 (hosts: the fixture)
+    backends_state,
+    hosts,
+    pooled_gateway,
+    scripted_pool,
+    wait_for,
+)
 from tests.standin.conftest import MODEL, free_port
 
 
@@ -33,10 +41,12 @@ def pool(gateway, state: str, backend: str = "llm-a", key: str = POOL_KEY, check
 
 
 class LongStream:
-    """A generation of ~64 tokens streamed through the gateway in a thread, to one host."""
+    """A generation of `tokens` tokens (~25 ms each) streamed through the gateway in a thread,
+    to one host."""
 
-    def __init__(self, gateway) -> None:
+    def __init__(self, gateway, tokens: int = 64) -> None:
         self.gateway = gateway
+        self.tokens = tokens
         self.first = threading.Event()
         self.lines: list[dict] = []
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -47,7 +57,8 @@ class LongStream:
         with httpx.stream("POST", f"{self.gateway.url}/api/generate", timeout=120,
                           headers={"Authorization": f"Bearer {INFERENCE_KEY}"},
                           json={"model": MODEL, "prompt": "Count to fifty.",
-                                "options": {"num_predict": 64, "temperature": 0}}) as answer:
+                                "options": {"num_predict": self.tokens,
+                                            "temperature": 0}}) as answer:
             for line in answer.iter_lines():
                 self.lines.append(json.loads(line))
                 self.first.set()
@@ -82,12 +93,55 @@ def test_check_mode_says_what_would_change_and_changes_nothing(gateway):
     assert backends_state(gateway)["llm-a"]["draining"] is False
 
 
-def test_a_gateway_that_is_down_or_does_not_list_the_host_is_left_alone(gateway):
+def test_a_gateway_that_does_not_run_or_does_not_list_the_host_is_left_alone(gateway):
     unlisted = pool(gateway, "drained", "llm-z")
     assert (unlisted["changed"], unlisted["gateway"]) == (False, "unlisted"), unlisted
     down = pool(f"http://127.0.0.1:{free_port()}", "drained")
-    assert (down["changed"], down["gateway"]) == (False, "unreachable"), down
+    assert (down["changed"], down["gateway"]) == (False, "not running"), down
     assert "cannot connect" in down["message"]
+
+
+def test_a_gateway_that_runs_but_cannot_be_asked_fails_the_drain(gateway):
+    """Fail closed: a gateway that may still send the host requests is never skipped."""
+    # Its container runs, but nothing listens where the inventory says (its port changed).
+    moved = pool(f"http://127.0.0.1:{free_port()}", "drained", running=True)
+    assert moved["failed"] is True and "cannot connect" in moved["msg"], moved
+    assert "--tags gateway" in moved["msg"]
+    # TLS in the inventory, plain HTTP on the port (TLS not applied yet).
+    tls = pool(gateway.url.replace("http://", "https://"), "drained")
+    assert tls["failed"] is True and "--tags gateway" in tls["msg"], tls
+    assert backends_state(gateway)["llm-a"]["draining"] is False
+
+
+async def holds(writer) -> None:
+    await asyncio.sleep(30)  # takes the request and answers nothing for a long while
+
+
+def test_a_drain_the_gateway_forgets_while_waiting_fails(tmp_path):
+    """A gateway that restarts while the deploy waits forgets the drain (and would send the
+    host requests again): the wait notices instead of reporting the host idle."""
+    with scripted_pool(tmp_path, Scripted(holds), Scripted(holds)) as gateway:
+        waiting = threading.Thread(target=lambda: httpx.post(
+            f"{gateway.url}/api/generate", timeout=60,
+            headers={"Authorization": f"Bearer {INFERENCE_KEY}"},
+            json={"model": MODEL, "prompt": "hi"}), daemon=True)
+        waiting.start()
+        wait_for(lambda: any(entry["in_flight"] for entry in backends_state(gateway).values()),
+                 10)
+        busy = next(name for name, entry in backends_state(gateway).items()
+                    if entry["in_flight"])
+
+        def forget() -> None:  # what a restart does to the drain, once the module made it
+            wait_for(lambda: backends_state(gateway)[busy]["draining"], 30)
+            httpx.post(f"{gateway.url}/gateway/resume", json={"backend": busy},
+                       headers={"Authorization": f"Bearer {POOL_KEY}"})
+
+        forgetting = threading.Thread(target=forget, daemon=True)
+        forgetting.start()
+        forgotten = pool(gateway, "drained", busy, wait_timeout=60)
+        forgetting.join(5)
+    assert forgotten.get("failed") is True, forgotten
+    assert "forgot the drain" in forgotten["msg"], forgotten
 
 
 def test_a_key_without_the_pool_scope_fails_naming_the_setting(gateway):

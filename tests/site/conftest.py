@@ -56,20 +56,36 @@ def address(container: str) -> str:
                   container).stdout.strip()
 
 
-def deploy(*extra: str, inventory: Path | None = None, source: Path = BUNDLE,
-           check: bool = True) -> subprocess.CompletedProcess:
+def playbook(name: str, *extra: str, inventory: Path | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
     sources = ["-i", str(ROOT / "inventories" / "lab")]
     if inventory is not None:
         sources += ["-i", str(inventory)]
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     started = time.monotonic()
     out = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), *sources,
-                          str(ROOT / "playbooks" / "deploy.yml"),
-                          "-e", f"release_source={source}", *extra],
+                          str(ROOT / "playbooks" / name), *extra],
                          cwd=ROOT, env=env, text=True, capture_output=True, check=False)
-    print(f"deploy.yml {' '.join(extra)} ({source.name}): {time.monotonic() - started:.0f} s")
+    print(f"{name} {' '.join(extra)}: {time.monotonic() - started:.0f} s")
     assert out.returncode == 0 or not check, out.stdout[-6000:] + out.stderr[-3000:]
     return out
+
+
+def deploy(*extra: str, inventory: Path | None = None, source: Path = BUNDLE,
+           check: bool = True) -> subprocess.CompletedProcess:
+    return playbook("deploy.yml", "-e", f"release_source={source}", *extra,
+                    inventory=inventory, check=check)
+
+
+def changed_tasks(out: subprocess.CompletedProcess) -> list[str]:
+    """`host: task` for every task that reported a change (what a failed 0-changed shows)."""
+    found, task = [], ""
+    for line in out.stdout.splitlines():
+        if line.startswith("TASK ["):
+            task = line[6:line.rfind("]")]
+        elif line.startswith("changed: ["):
+            found.append(f"{line[10:line.index(']')]}: {task}")
+    return found
 
 
 def recap(out: subprocess.CompletedProcess) -> dict[str, int]:
@@ -140,7 +156,7 @@ def site(lab, inventory):
     # The monitoring server and the healer are the other suites' business.
     deploy("--skip-tags=monitoring,healer", inventory=inventory)
     again = deploy("--tags=stack,gateway", inventory=inventory)
-    assert recap(again) == {TARGET: 0, SECOND: 0}, again.stdout[-3000:]
+    assert recap(again) == {TARGET: 0, SECOND: 0}, changed_tasks(again)
     yield {host: f"http://{address(host)}:8080" for host in HOSTS}
     leave_the_site()
 
