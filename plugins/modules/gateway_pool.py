@@ -173,10 +173,10 @@ def run(module):
         try:
             entry, result["waited"] = member.wait_idle(params["wait_timeout"])
         except Forgotten:
-            module.fail_json(msg=(
-                "%s forgot the drain of %s while the deploy waited (it restarted?); nothing "
-                "was changed on %s: run deploy.yml again." % (params["url"], params["backend"],
-                                                             params["backend"])), **result)
+            message = ("%s forgot the drain of %s while the deploy waited (it restarted?); "
+                       "nothing was changed on %s: run deploy.yml again."
+                       % (params["url"], params["backend"], params["backend"]))
+            module.fail_json(msg=message, **result)
         except TimeoutError as late:
             message = ("%s still has %s request(s) in flight on %s after %s s of draining. It "
                        "stays drained (no new request reaches it); wait for them and run "
