@@ -36,6 +36,7 @@ from .conftest import (
     docker,
     playbook,
     recap,
+    wait_for,
 )
 
 pytestmark = pytest.mark.site
@@ -121,8 +122,9 @@ def test_a_rolling_deploy_under_load_fails_no_request_and_leaves_every_host_upgr
     gateway_before = {host: started_at(host, "gemma-airgap-gateway-1") for host in HOSTS}
     load = Load([f"http://{lab}:8080"])
     try:
-        time.sleep(5)  # the load runs before the deploy starts
-        assert load.served and not load.failed, load.failed
+        # The load runs before the deploy starts (the first answers may wait for a model load).
+        wait_for(lambda: len(load.served) >= 3 or load.failed, 120)
+        assert not load.failed, load.failed
         rolled = deploy("--skip-tags=monitoring,healer", *SETTING, inventory=inventory,
                         source=release)
         served_during = len(load.served)
@@ -161,7 +163,7 @@ def test_a_rollback_under_load_goes_back_one_host_at_a_time_and_fails_no_request
     ollama_before = {host: started_at(host, "gemma-airgap-ollama-1") for host in HOSTS}
     load = Load([f"http://{lab}:8080"])
     try:
-        time.sleep(3)
+        wait_for(lambda: len(load.served) >= 3 or load.failed, 120)
         rolled = playbook("rollback.yml", inventory=inventory)
         served_during = len(load.served)
     finally:
