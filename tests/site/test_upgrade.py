@@ -133,9 +133,10 @@ def test_a_rolling_deploy_under_load_fails_no_request_and_leaves_every_host_upgr
         load.stop()
     assert load.failed == [], load.failed[:10]
     assert served_during > 20, served_during
-    # One host at a time: each batch drained its host on both edge gateways and resumed it.
+    # One host at a time: each batch drained its host on both edge gateways (before Docker,
+    # and again before the stack) and resumed it.
     out = rolled.stdout
-    assert out.count("TASK [gateway : Take this host out of every edge gateway's pool") == 2
+    assert out.count("TASK [gateway : Take this host out of every edge gateway's pool") == 4
     assert out.count("TASK [gateway : Put this host back into every edge gateway's pool") == 2
     for host in HOSTS:
         current = docker("exec", host, "readlink", f"{RELEASES}/current").stdout.strip()
