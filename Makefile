@@ -96,7 +96,8 @@ sanity: setup
 # The stand-in's Go front first (gofmt, go vet, go test; built from Debian's Go packages).
 unit: setup
 	$(BIN)/python lab/labctl.py front-check
-	$(BIN)/pytest -m 'not lab and not e2e and not site' tests
+	@# Two workers (pytest-xdist), each taking whole files: module fixtures start once.
+	$(BIN)/pytest -n 2 --dist loadfile -m 'not lab and not e2e and not site' tests
 
 lab-up: setup
 	$(BIN)/python lab/labctl.py up
@@ -178,13 +179,14 @@ site: setup
 
 # The lab bundle first (the role scenarios take images, models and packages from it; the
 # air-gap scenario's own prepare then changes nothing; it also builds the lab's base images),
-# then side by side: the end-to-end suites, the two-host site, and the lab tests followed by
-# the role scenarios. Separate labs (each its own prefix), and all of them mostly wait
-# (lab/stages.py).
+# then four stages side by side: the end-to-end suites, the two-host site, the lab tests
+# and the role scenarios. Separate labs (each its own prefix); lab/stages.py reports each
+# stage's time and how busy the CPUs were meanwhile.
 test: lint unit prepare
 	$(BIN)/python lab/stages.py e2e='$(MAKE) --no-print-directory e2e' \
 	  site='$(MAKE) --no-print-directory site' \
-	  lab-and-roles='$(MAKE) --no-print-directory lab-tests molecule'
+	  lab='$(MAKE) --no-print-directory lab-tests' \
+	  roles='$(MAKE) --no-print-directory molecule'
 
 bench: setup
 	$(BIN)/python benchmarks/bench_standin.py

@@ -7,7 +7,10 @@
 their own (prefixes gemma-airgap-lab and gemma-airgap-mol-<role>), and both spend much of
 their time waiting on containers, alerts and health checks rather than on the CPU. A stage's
 log goes to $LAB_CACHE/logs/<name>.log as it runs and is printed whole when it ends, so the
-two never interleave. The exit status is the first failing stage's, after all have ended.
+two never interleave. Each report also says how busy the machine's CPUs were while the stage
+ran: near 100 % means the stages compete for the CPUs and only less work makes them faster;
+well below it means they wait, and more of them side by side would finish sooner. The exit
+status is the first failing stage's, after all have ended.
 """
 
 from __future__ import annotations
@@ -20,12 +23,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class CpuMeter:
+    """The share of all CPUs' time spent busy between two readings of /proc/stat."""
+
+    def __init__(self) -> None:
+        self.start = self.read()
+
+    @staticmethod
+    def read() -> tuple[int, int]:
+        try:
+            first = Path("/proc/stat").read_text().split("\n")[0]
+            fields = [int(value) for value in first.split()[1:]]
+        except (OSError, ValueError):
+            return 0, 0
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    def busy_since_start(self) -> str:
+        (total, idle), (total_then, idle_then) = self.read(), self.start
+        total, idle = total - total_then, idle - idle_then
+        return f"CPUs {100 * (total - idle) / total:.0f} % busy" if total > 0 else "CPUs not read"
+
+
 @dataclass
 class Stage:
     name: str
     command: str
     log: Path
     started: float = field(default_factory=time.monotonic)
+    cpu: CpuMeter = field(default_factory=CpuMeter)
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -41,7 +67,8 @@ class Stage:
         sys.stdout.write(f"\n===== stage {self.name} =====\n")
         sys.stdout.write(self.log.read_text(errors="replace"))
         verdict = "passed" if code == 0 else f"FAILED (exit {code})"
-        print(f"===== stage {self.name}: {verdict} in {took / 60:.1f} min =====", flush=True)
+        print(f"===== stage {self.name}: {verdict} in {took / 60:.1f} min "
+              f"({self.cpu.busy_since_start()} meanwhile) =====", flush=True)
         return code
 
 

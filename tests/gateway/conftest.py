@@ -26,6 +26,17 @@ ADMIN_KEY = new_key()
 METRICS_KEY = new_key()  # what Prometheus scrapes /metrics with
 POOL_KEY = new_key()  # what a rolling deploy drains and resumes inference hosts with
 
+# Test ids name a key by its role, never its value: the keys are new in every process, and
+# pytest-xdist's workers must collect the same ids (and a key in a test id would be logged).
+KEY_NAMES = {INFERENCE_KEY: "inference-key", ADMIN_KEY: "admin-key", METRICS_KEY: "metrics-key",
+             POOL_KEY: "pool-key"}
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    if isinstance(val, str) and val.startswith("gk_") and len(val) > 20:
+        return KEY_NAMES.get(val, "another-new-key")
+    return None
+
 
 class Gateway:
     def __init__(self, backend_url: str, tmp_path, **overrides) -> None:
