@@ -58,6 +58,9 @@ lint: setup
 	done
 	$(MAKE) sanity
 	$(MAKE) rules
+	@# The operator's docs against the code: commands, variables, links, a troubleshooting
+	@# entry per failure, a runbook entry per alert, the Korean README's commands.
+	$(BIN)/pytest -q tests/docs
 
 # The Prometheus rules as Prometheus reads them (promtool check rules) and their unit tests
 # (promtool test rules: every alert fires when it should and stays silent when it should not).
@@ -97,7 +100,7 @@ sanity: setup
 unit: setup
 	$(BIN)/python lab/labctl.py front-check
 	@# Two workers (pytest-xdist), each taking whole files: module fixtures start once.
-	$(BIN)/pytest -n 2 --dist loadfile -m 'not lab and not e2e and not site' tests
+	$(BIN)/pytest -n 2 --dist loadfile -m 'not lab and not e2e and not site' --ignore=tests/docs tests
 
 lab-up: setup
 	$(BIN)/python lab/labctl.py up

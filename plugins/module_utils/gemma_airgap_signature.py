@@ -158,8 +158,9 @@ def check(root, trusted):
     expected, otherwise. trusted: the pinned fingerprints."""
     pinned = [fingerprint(item) for item in trusted or []]
     if not pinned:
-        raise SignatureRefused("no trusted signer is pinned: set bundle_trusted_signers to "
-                               "the fingerprint of the site's bundle signing key")
+        raise SignatureRefused("no trusted signer is pinned: set gemma_airgap_bundle_signers "
+                               "(trusted_signers) to the fingerprint of the site's bundle "
+                               "signing key")
     expected = " or ".join(pinned)
     sums = _read(root, SUMS, SUMS_LIMIT)
     signature = _read(root, SIGNATURE, SIGNATURE_LIMIT)

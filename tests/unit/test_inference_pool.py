@@ -211,3 +211,35 @@ def test_a_virtual_ip_takes_the_site_networks_prefix_unless_given():
 
     assert virtual_ip("10.20.0.100", "10.20.0.12/24", 0, ["10.20.0.12"]) == 24
     assert virtual_ip("10.20.0.100", "10.20.0.12/24", 25, ["10.20.0.12"]) == 25
+
+
+def pool_checks(tmp_path: Path, hosts: str, **variables) -> subprocess.CompletedProcess:
+    """roles/gemma_airgap/tasks/pool_checks.yml, as deploy.yml and rollback.yml run it."""
+    return play(tmp_path, hosts, f"""
+    - ansible.builtin.include_tasks: {SHARED}/tasks/pool_checks.yml
+""", **variables)
+
+
+def test_a_pooled_site_with_its_key_and_every_host_in_the_run_passes(tmp_path):
+    out = pool_checks(tmp_path, "all", gateway_pool_key="gk_pool")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_run_limited_to_one_host_of_a_pooled_site_is_refused_naming_the_others(tmp_path):
+    out = pool_checks(tmp_path, "llm-01", gateway_pool_key="gk_pool")
+    assert out.returncode != 0
+    assert "llm-02, 10.20.0.13 not in this run (--limit?)" in " ".join(out.stdout.split())
+
+
+def test_a_pooled_site_without_the_pool_key_is_refused(tmp_path):
+    out = pool_checks(tmp_path, "all")
+    assert out.returncode != 0
+    assert "This site has 3 inference hosts" in out.stdout and "set gateway_pool_key" in out.stdout
+
+
+def test_inference_hosts_set_apart_from_the_inventory_group_are_refused(tmp_path):
+    out = pool_checks(tmp_path, "all", gateway_pool_key="gk_pool",
+                      gemma_airgap_inference_hosts=["llm-01", "llm-02"])
+    assert out.returncode != 0
+    assert "is not the inventory's inference group (llm-01, llm-02, 10.20.0.13)" in \
+        " ".join(out.stdout.split())

@@ -35,8 +35,10 @@ GALAXY_KEYS = ("namespace", "name", "version", "readme", "authors", "description
 
 
 # What the collection carries (everything else in the checkout stays there).
-COLLECTION_PATHS = ("galaxy.yml", "README.md", "CHANGELOG.md", "meta/", "plugins/", "roles/",
-                    "playbooks/", "files/", "inventories/production.example/")
+# The operator's docs (docs/, README.ko.md) travel too: inside the gap they are all there is.
+COLLECTION_PATHS = ("galaxy.yml", "README.md", "README.ko.md", "CHANGELOG.md", "docs/", "meta/",
+                    "plugins/", "roles/", "playbooks/", "files/",
+                    "inventories/production.example/")
 
 
 class ArtifactError(Exception):
