@@ -110,6 +110,21 @@ class Load:
             thread.join(240)
 
 
+def what_moved(since: float) -> str:
+    """For a failed load: what the virtual IP and each host's gateway did meanwhile (a cut
+    connection is the address moving, or a gateway restarting under it)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 5))
+    report = []
+    for host in HOSTS:
+        log = docker("exec", host, "journalctl", "-u", "keepalived", "--utc", "--no-pager",
+                     "-o", "short-iso", "--since", stamp, check=False).stdout
+        moves = [line for line in log.splitlines()
+                 if any(word in line for word in ("Entering", "script", "Stopping", "Starting"))]
+        report.append(f"{host}: gateway started {started_at(host, 'gemma-airgap-gateway-1')}; "
+                      f"keepalived: " + " | ".join(moves[-12:]))
+    return "\n".join(report)
+
+
 def started_at(host: str, container: str) -> str:
     return docker("exec", host, "docker", "inspect", "-f", "{{.State.StartedAt}}",
                   container).stdout.strip()
@@ -120,6 +135,7 @@ def test_a_rolling_deploy_under_load_fails_no_request_and_leaves_every_host_upgr
     release = new_release(tmp_path)
     ollama_before = {host: started_at(host, "gemma-airgap-ollama-1") for host in HOSTS}
     gateway_before = {host: started_at(host, "gemma-airgap-gateway-1") for host in HOSTS}
+    began = time.time()
     load = Load([f"http://{lab}:8080"])
     try:
         # The load runs before the deploy starts (the first answers may wait for a model load).
@@ -131,7 +147,7 @@ def test_a_rolling_deploy_under_load_fails_no_request_and_leaves_every_host_upgr
         time.sleep(5)
     finally:
         load.stop()
-    assert load.failed == [], load.failed[:10]
+    assert load.failed == [], f"{load.failed[:10]}\n{what_moved(began)}"
     assert served_during > 20, served_during
     # One host at a time: each batch drained its host on both edge gateways (before Docker,
     # and again before the stack) and resumed it.
@@ -162,6 +178,7 @@ def test_a_rollback_under_load_goes_back_one_host_at_a_time_and_fails_no_request
     assert docker("exec", HOSTS[0], "readlink", f"{RELEASES}/current").stdout.strip() == \
         f"{RELEASES}/{VERSION}", "runs after the rolling deploy"
     ollama_before = {host: started_at(host, "gemma-airgap-ollama-1") for host in HOSTS}
+    began = time.time()
     load = Load([f"http://{lab}:8080"])
     try:
         wait_for(lambda: len(load.served) >= 3 or load.failed, 120)
@@ -169,7 +186,7 @@ def test_a_rollback_under_load_goes_back_one_host_at_a_time_and_fails_no_request
         served_during = len(load.served)
     finally:
         load.stop()
-    assert load.failed == [], load.failed[:10]
+    assert load.failed == [], f"{load.failed[:10]}\n{what_moved(began)}"
     assert rolled.stdout.count("TASK [gateway : Take this host out of every edge gateway") == 2
     for host in HOSTS:
         current = docker("exec", host, "readlink", f"{RELEASES}/current").stdout.strip()
