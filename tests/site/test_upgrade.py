@@ -122,8 +122,10 @@ def what_moved(since: float) -> str:
                      "-o", "short-iso", "--since", stamp, check=False).stdout
         moves = [line for line in log.splitlines()
                  if any(word in line for word in ("Entering", "script", "Stopping", "Starting"))]
-        report.append(f"{host}: gateway started {started_at(host, 'gemma-airgap-gateway-1')}; "
-                      f"keepalived: " + " | ".join(moves[-12:]))
+        # Not started_at(): a report must not fail where a container is gone.
+        gateway = docker("exec", host, "docker", "inspect", "-f", "{{.State.StartedAt}}",
+                         "gemma-airgap-gateway-1", check=False).stdout.strip() or "(none)"
+        report.append(f"{host}: gateway started {gateway}; keepalived: " + " | ".join(moves[-12:]))
     return "\n".join(report)
 
 
