@@ -234,7 +234,11 @@ def test_a_run_limited_to_one_host_of_a_pooled_site_is_refused_naming_the_others
 def test_a_pooled_site_without_the_pool_key_is_refused(tmp_path):
     out = pool_checks(tmp_path, "all")
     assert out.returncode != 0
-    assert "This site has 3 inference hosts" in out.stdout and "set gateway_pool_key" in out.stdout
+    said = " ".join(out.stdout.split())
+    assert "This site has 3 inference hosts" in said and "set gateway_pool_key" in said
+    # Where the key tool runs: the control-node kit does not carry it.
+    assert "PYTHONPATH=gateway .venv/bin/python -m gemma_gateway.keys --name deploy" in said
+    assert "docker exec gemma-airgap-gateway-1 /opt/gateway/bin/python -m gemma_gateway" in said
 
 
 def test_inference_hosts_set_apart_from_the_inventory_group_are_refused(tmp_path):
