@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.docs.failures import failing_tasks, modules
+from tests.docs.failures import failing_tasks, modules, tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- production:start -->", "<!-- production:end -->"
@@ -214,6 +214,22 @@ def test_every_failure_has_a_troubleshooting_entry(language):
     missing, stale = sorted(wanted - present), sorted(present - wanted)
     assert not missing, f"no entry in {TROUBLESHOOTING[language].name} ({language}) for: {missing}"
     assert not stale, f"entries for failures that no longer exist ({language}): {stale}"
+
+
+@cache
+def shown_tasks() -> frozenset[str]:
+    return frozenset(task.shown for task in tasks(ROOT))
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_task_named_exists(path):
+    """`TASK [...]` in a text is what the operator searches a run's output for: it must be the
+    task as Ansible prints it (with its role), even where the line wraps inside it."""
+    named = re.findall(r"`TASK \[([^`]+?)\]`", " ".join(path.read_text().split()))
+    # Placeholders (<role> : <task name>, ...) stand for any task.
+    unknown = sorted(name for name in set(named) - shown_tasks()
+                     if "<" not in name and "..." not in name)
+    assert not unknown, f"{path.relative_to(ROOT)} names tasks the code does not have: {unknown}"
 
 
 @pytest.mark.parametrize("language", sorted(RUNBOOKS))
