@@ -4,8 +4,8 @@
 The lab is test equipment: a Docker engine on this machine, base images made
 with debootstrap, an ``--internal`` Docker network with no route out, and
 target containers running systemd on it. Ansible reaches the targets through
-``docker exec`` (the ``community.docker.docker`` connection), never through
-the network, so a deploy that tries to reach the internet fails as it would in
+the Docker engine (the lab's ``lab_docker_api`` connection, lab/connection_plugins),
+never through the network, so a deploy that tries to reach the internet fails as it would in
 a closed network.
 
 A site deploys from inside the gap instead: from a control node, over SSH. So every
