@@ -101,8 +101,9 @@ from ansible_collections.community.docker.plugins.connection.docker_api import (
 
 display = Display()
 
-# On the target: a tmpfs in the lab's systemd containers, gone with the container.
-SPOOL = "/run/gemma-airgap-lab-exec"
+# On the target, on the container's own filesystem: the engine's archive endpoint reads that
+# layer and volumes, not a tmpfs (the lab targets' /run and /tmp are tmpfs).
+SPOOL = "/var/tmp/gemma-airgap-lab-exec"
 # Kept files older than this (minutes) are removed by the next command.
 KEEP_MINUTES = 10
 

@@ -31,14 +31,18 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def container():
-    docker("rm", "-f", NAME, check=False)
-    started = docker("run", "-d", "--name", NAME, "--network", "none",
-                     "--label", f"{labctl.LABEL}={PREFIX}",
-                     "--label", f"{labctl.ROLE_LABEL}=target",
-                     labctl.TARGET_IMAGE.tag, "sleep", "infinity", check=False)
+    """A target started as the lab starts one (systemd, a tmpfs on /run and /tmp), on no
+    network: the read-back must work where the lab's commands really run."""
+    config = labctl.LabConfig(prefix=PREFIX)
+    args = labctl.target_run_command(config, 1)
+    args[args.index("--network") + 1] = "none"
+    docker("rm", "-f", "-v", NAME, check=False)
+    started = subprocess.run(args, text=True, capture_output=True, check=False)
     assert started.returncode == 0, f"{started.stderr} (make lab-up builds the lab's images)"
+    labctl.wait_for_systemd(NAME)
     yield NAME
-    docker("rm", "-f", NAME, check=False)
+    docker("rm", "-f", "-v", NAME, check=False)
+    docker("volume", "rm", "-f", f"{NAME}-docker", check=False)
 
 
 @pytest.fixture(scope="module")
