@@ -119,12 +119,14 @@ class Spool:
     def wrap(self, command: str) -> str:
         """The shell text that runs command with its output kept, then printed and marked.
 
-        The command runs in a subshell with the wrapper's stdin (a pipelined module reads it);
-        its status is kept before anything is printed, so a read-back knows it finished.
+        The command runs in a subshell with the wrapper's stdin (a pipelined module reads it)
+        and nothing else changed: no umask (files a task creates without a mode would change),
+        the kept files are private by their directory's mode. Its status is kept before
+        anything is printed, so a read-back knows it finished.
         """
         base, mark = shlex.quote(self.base), shlex.quote(self.mark.decode())
         return (
-            f"umask 077; mkdir -p {SPOOL}; "
+            f"mkdir -p -m 0700 {SPOOL}; "
             f"find {SPOOL} -type f -mmin +{KEEP_MINUTES} -delete 2>/dev/null; "
             f"(\n{command}\n) >{base}.out 2>{base}.err; rc=$?; "
             f"printf %s \"$rc\" >{base}.rc; "

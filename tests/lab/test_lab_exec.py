@@ -90,6 +90,17 @@ def test_output_status_and_stdin_come_through_unmarked(container, plugin):
     assert (rc, out, err) == (0, b"", b"")
 
 
+def test_a_command_runs_as_it_would_without_the_wrapper(container, plugin):
+    """Same umask, directory and user as a plain exec (a umask of the wrapper's once made the
+    files tasks create without a mode unreadable); the kept files are private all the same."""
+    module, _ = plugin
+    probe = "umask; pwd; id -u"
+    plain = docker("exec", container, "sh", "-c", probe).stdout
+    rc, out, _ = connect(plugin, container).exec_command(probe)
+    assert (rc, out.decode()) == (0, plain)
+    assert docker("exec", container, "stat", "-c", "%a %U", module.SPOOL).stdout == "700 root\n"
+
+
 @pytest.mark.parametrize("keep", [0, 70_000])
 def test_output_the_engine_cuts_is_read_back_whole(container, plugin, monkeypatch, keep):
     # 200 kB, so a cut can fall in the middle as well as take everything.
