@@ -11,8 +11,9 @@ not be idempotent, and Ansible's own temporary-directory command fails the secon
 So every command runs inside a wrapper that keeps its output in files on the target, then
 prints it followed by an end mark per stream. Output whose mark is missing was cut by the
 engine; the plugin then reads the kept files through the engine's archive endpoint (a plain
-HTTP download, not an exec stream) and returns what the command really printed. Kept files
-are removed by the next command after ten minutes; nothing else on the target changes.
+HTTP download, not an exec stream) and returns what the command really printed. A finished
+command's files are removed by a later command after ten minutes; nothing else on the target
+changes.
 
 Only the lab uses this (its inventory and the role scenarios); production reaches targets
 over SSH, which has no such race.
@@ -104,17 +105,19 @@ display = Display()
 # On the target, on the container's own filesystem: the engine's archive endpoint reads that
 # layer and volumes, not a tmpfs (the lab targets' /run and /tmp are tmpfs).
 SPOOL = "/var/tmp/gemma-airgap-lab-exec"
-# Kept files older than this (minutes) are removed by the next command.
+# A finished command's files (its .rc written) older than this, in minutes, are removed by a
+# later command. A command still running keeps its files however long it is silent: a sweep
+# by age alone would unlink the output of a long, quiet module under a concurrent command.
 KEEP_MINUTES = 10
 
 
 class Spool:
     """The files one command's output is kept in on the target, and the wrapper that fills them."""
 
-    def __init__(self, token: str | None = None) -> None:
-        self.token = token or secrets.token_hex(8)
-        self.base = f"{SPOOL}/{self.token}"
-        self.mark = f"<gemma-airgap-lab-exec:{self.token}:end>".encode()
+    def __init__(self) -> None:
+        token = secrets.token_hex(8)
+        self.base = f"{SPOOL}/{token}"
+        self.mark = f"<gemma-airgap-lab-exec:{token}:end>".encode()
 
     def wrap(self, command: str) -> str:
         """The shell text that runs command with its output kept, then printed and marked.
@@ -127,7 +130,8 @@ class Spool:
         base, mark = shlex.quote(self.base), shlex.quote(self.mark.decode())
         return (
             f"mkdir -p -m 0700 {SPOOL}; "
-            f"find {SPOOL} -type f -mmin +{KEEP_MINUTES} -delete 2>/dev/null; "
+            f"for kept in $(find {SPOOL} -name '*.rc' -mmin +{KEEP_MINUTES} 2>/dev/null); "
+            "do rm -f \"${kept%.rc}\".*; done; "
             f"(\n{command}\n) >{base}.out 2>{base}.err; rc=$?; "
             f"printf %s \"$rc\" >{base}.rc; "
             f"cat {base}.err >&2; printf %s {mark} >&2; "

@@ -70,8 +70,8 @@ def connect(plugin, name: str):
 def cut_by_the_engine(monkeypatch, plugin, keep: int, after=None) -> None:
     """From now on the parent plugin returns only the first `keep` bytes of stdout and nothing
     of stderr, as the engine does when it closes the stream early; `after` runs then."""
-    _, cls = plugin
-    parent = cls.__mro__[1]
+    module, _ = plugin
+    parent = module.DockerApiConnection
     real = parent.exec_command
 
     def dropping(self, cmd, in_data=None, sudoable=False):
@@ -103,7 +103,7 @@ def test_a_command_runs_as_it_would_without_the_wrapper(container, plugin):
 
 @pytest.mark.parametrize("keep", [0, 70_000])
 def test_output_the_engine_cuts_is_read_back_whole(container, plugin, monkeypatch, keep):
-    # 200 kB, so a cut can fall in the middle as well as take everything.
+    # 100 kB, so a cut can fall in the middle as well as take everything.
     command = "head -c 100000 /dev/zero | tr '\\0' a; echo; echo warned >&2; exit 5"
     expected_out = b"a" * 100_000 + b"\n"
     cut_by_the_engine(monkeypatch, plugin, keep)
@@ -122,18 +122,23 @@ def test_a_cut_command_whose_files_are_gone_fails_naming_them(container, plugin,
 
 
 def test_kept_files_older_than_ten_minutes_are_removed_by_the_next_command(container, plugin):
+    """Those of a finished command (its .rc written); a command still running keeps its
+    files, however long it has been silent."""
     module, _ = plugin
     spool = module.SPOOL
     docker("exec", container, "sh", "-c",
-           f"mkdir -p {spool} && touch -d '11 minutes ago' {spool}/old.out "
-           f"&& touch -d '9 minutes ago' {spool}/young.out")
+           f"mkdir -p {spool} && cd {spool} && touch -d '11 minutes ago' old.rc old.out old.err "
+           f"&& touch -d '9 minutes ago' young.rc young.out "
+           f"&& touch -d '11 minutes ago' running.out running.err")
     connect(plugin, container).exec_command("true")
-    kept = docker("exec", container, "ls", spool).stdout.split()
-    assert "old.out" not in kept and "young.out" in kept
+    kept = set(docker("exec", container, "ls", spool).stdout.split())
+    assert not {"old.rc", "old.out", "old.err"} & kept
+    assert {"young.rc", "young.out", "running.out", "running.err"} <= kept
 
 
-def test_the_lab_inventory_reaches_targets_through_it(container, tmp_path):
-    """Real Ansible, the lab's inventory file and ansible.cfg: a module and a file copy."""
+def test_the_lab_inventory_reaches_targets_through_it(container):
+    """Real Ansible, the lab's inventory file and ansible.cfg: the connection it names, and a
+    copy task (a module and a file sent) through it."""
     env = dict(os.environ, LAB_PREFIX=PREFIX, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     inventory = str(ROOT / "inventories" / "lab" / "02-targets.docker.yml")
     bin_dir = Path(sys.executable).parent
